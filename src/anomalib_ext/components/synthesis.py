@@ -1,0 +1,125 @@
+"""Synthetic anomalies on (C, H, W) float images in [0, 1]; every function returns (image, mask).
+
+- Perlin-shaped texture anomalies (DRAEM): anomalib's ``PerlinAnomalyGenerator``, reused as is.
+- CutPaste and CutPaste-Scar (Li et al., 2021): a patch / a thin rotated strip cut from the image,
+  colour-jittered and pasted elsewhere.
+- Free-form masks: random brush strokes (as used for inpainting and PNI's refinement training).
+- ``paste_region``: a masked region of one image pasted into a target area of another (PRN's
+  extended anomalies).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from torchvision.transforms.v2 import ColorJitter
+from torchvision.transforms.v2 import functional as TF  # noqa: N812
+
+
+def perlin_anomaly_generator(texture_dir: str | Path | None = None, blend: tuple[float, float] = (0.2, 1.0)) -> PerlinAnomalyGenerator:
+    """DRAEM-style generator: Perlin-noise regions filled with a (augmented) texture from ``texture_dir``."""
+    if texture_dir is not None and not Path(texture_dir).is_dir():
+        msg = f"Texture folder {texture_dir} does not exist; pass a folder of images (e.g. DTD) or None."
+        raise FileNotFoundError(msg)
+    return PerlinAnomalyGenerator(anomaly_source_path=texture_dir, probability=1.0, blend_factor=blend)
+
+
+def _jitter(patch: torch.Tensor) -> torch.Tensor:
+    return ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)(patch)
+
+
+def cutpaste(image: torch.Tensor, rng: np.random.Generator, area_ratio=(0.02, 0.15), aspect_ratio=(0.3, 3.3)) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutPaste: copy a rectangle (area 2-15% of the image), jitter its colour, paste it elsewhere."""
+    _, h, w = image.shape
+    area = rng.uniform(*area_ratio) * h * w
+    aspect = math.exp(rng.uniform(math.log(aspect_ratio[0]), math.log(aspect_ratio[1])))
+    ph = int(min(h - 1, max(2, round(math.sqrt(area / aspect)))))
+    pw = int(min(w - 1, max(2, round(math.sqrt(area * aspect)))))
+    sy, sx = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+    ty, tx = rng.integers(0, h - ph + 1), rng.integers(0, w - pw + 1)
+    out = image.clone()
+    out[:, ty : ty + ph, tx : tx + pw] = _jitter(image[:, sy : sy + ph, sx : sx + pw])
+    mask = torch.zeros(1, h, w)
+    mask[:, ty : ty + ph, tx : tx + pw] = 1
+    return out, mask
+
+
+def cutpaste_scar(image: torch.Tensor, rng: np.random.Generator, width=(2, 16), length=(10, 25), angle=(-45, 45)) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutPaste-Scar: a thin strip (2-16 x 10-25 px at 256 px, scaled with the image), rotated, pasted."""
+    _, h, w = image.shape
+    scale = min(h, w) / 256
+    sw, sl = int(max(1, rng.integers(*width) * scale)), int(max(2, rng.integers(*length) * scale))
+    sy, sx = rng.integers(0, h - sl + 1), rng.integers(0, w - sw + 1)
+    strip = _jitter(image[:, sy : sy + sl, sx : sx + sw])
+    diagonal = int(math.ceil(math.hypot(sl, sw))) + 2
+    canvas = torch.zeros(image.shape[0] + 1, diagonal, diagonal)
+    oy, ox = (diagonal - sl) // 2, (diagonal - sw) // 2
+    canvas[:-1, oy : oy + sl, ox : ox + sw] = strip
+    canvas[-1, oy : oy + sl, ox : ox + sw] = 1
+    canvas = TF.rotate(canvas, float(rng.uniform(*angle)), interpolation=TF.InterpolationMode.NEAREST)
+    ty, tx = rng.integers(0, h - diagonal + 1), rng.integers(0, w - diagonal + 1)
+    region = canvas[-1:] > 0.5
+    out, mask = image.clone(), torch.zeros(1, h, w)
+    window = out[:, ty : ty + diagonal, tx : tx + diagonal]
+    window[:] = torch.where(region, canvas[:-1], window)
+    mask[:, ty : ty + diagonal, tx : tx + diagonal] = region.float()
+    return out, mask
+
+
+def free_form_mask(height: int, width: int, rng: np.random.Generator, strokes=(1, 4), vertices=(4, 12), brush=(0.02, 0.06)) -> torch.Tensor:
+    """(1, H, W) float mask of random brush strokes (polylines of random angle, length and width)."""
+    mask = np.zeros((height, width), np.uint8)
+    size = min(height, width)
+    for _ in range(int(rng.integers(*strokes))):
+        y, x = rng.uniform(0, height), rng.uniform(0, width)
+        thickness = max(1, int(rng.uniform(*brush) * size))
+        for _ in range(int(rng.integers(*vertices))):
+            angle, length = rng.uniform(0, 2 * np.pi), rng.uniform(0.05, 0.15) * size
+            ny = float(np.clip(y + length * np.sin(angle), 0, height - 1))
+            nx = float(np.clip(x + length * np.cos(angle), 0, width - 1))
+            cv2.line(mask, (int(x), int(y)), (int(nx), int(ny)), 255, thickness)
+            cv2.circle(mask, (int(nx), int(ny)), thickness // 2, 255, -1)
+            y, x = ny, nx
+    return torch.from_numpy(mask > 0).float()[None]
+
+
+def paste_region(
+    source: torch.Tensor,
+    source_mask: torch.Tensor,
+    target: torch.Tensor,
+    rng: np.random.Generator,
+    target_area: torch.Tensor | None = None,
+    opacity: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste the masked region of ``source`` into ``target`` at a random place inside ``target_area``.
+
+    The region's bounding box is moved so that its centre lands on a random pixel of ``target_area``
+    (anywhere when ``None``), clipped to the image. ``opacity`` < 1 blends it with the target.
+    """
+    region = source_mask.reshape(source_mask.shape[-2:]) > 0.5
+    if not bool(region.any()):
+        raise ValueError("paste_region: the source mask is empty.")
+    ys, xs = torch.nonzero(region, as_tuple=True)
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    ph, pw = y1 - y0, x1 - x0
+    _, h, w = target.shape
+    if target_area is not None and bool((target_area > 0.5).any()):
+        cy, cx = torch.nonzero(target_area.reshape(h, w) > 0.5, as_tuple=True)
+        pick = int(rng.integers(len(cy)))
+        ty, tx = int(cy[pick]) - ph // 2, int(cx[pick]) - pw // 2
+    else:
+        ty, tx = int(rng.integers(0, max(1, h - ph + 1))), int(rng.integers(0, max(1, w - pw + 1)))
+    ty, tx = int(np.clip(ty, 0, max(0, h - ph))), int(np.clip(tx, 0, max(0, w - pw)))
+    ph, pw = min(ph, h - ty), min(pw, w - tx)
+    patch = source[:, y0 : y0 + ph, x0 : x0 + pw]
+    patch_mask = region[y0 : y0 + ph, x0 : x0 + pw].float()[None] * opacity
+    out, mask = target.clone(), torch.zeros(1, h, w)
+    window = out[:, ty : ty + ph, tx : tx + pw]
+    window[:] = window * (1 - patch_mask) + patch * patch_mask
+    mask[:, ty : ty + ph, tx : tx + pw] = (patch_mask > 0).float()
+    return out, mask

@@ -1,0 +1,1 @@
+"""Deployment: OpenVINO inference on exported models."""
