@@ -161,7 +161,11 @@ def _load_weights_file(model: nn.Module, path: str | Path, name: str) -> None:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches: weights of another architecture
+        first = str(error).strip().splitlines()[-1].strip()
+        raise BackboneWeightsError(name, f"{path} does not fit this architecture ({first})") from error
     if result.missing_keys:
         msg = f"{path} lacks {len(result.missing_keys)} tensors, e.g. {result.missing_keys[:3]}"
         raise BackboneWeightsError(name, msg)

@@ -164,7 +164,7 @@ def render_design(design: PrintDesign, rng: np.random.Generator, defect: str | N
             recoloured = compose(fabric, design, ink, accent, shifted, shifted[::-1])
             image = normal * (1 - region[..., None]) + recoloured * region[..., None]
         elif defect == "dim":
-            smear = cv2.GaussianBlur(ink, (0, 0), s / 120) * 1.4
+            smear = cv2.GaussianBlur(ink, (0, 0), max(2.0, s / 60)) * 1.6
             image = compose(fabric, design, np.clip(ink * (1 - region) + np.minimum(smear, 0.85) * region, 0, 1), accent)
         else:
             image = compose(fabric, design, ink * (1 - region), accent * (1 - region))

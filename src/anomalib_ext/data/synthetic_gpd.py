@@ -57,8 +57,11 @@ def generate_category(
         # Every image has its own seed, so the data do not depend on the order or number of jobs.
         code = 0 if label == "good" else 1 + DEFECT_TYPES.index(label)
         rng = np.random.default_rng([seed, index, 0 if split == "train" else 1, code, i])
-        image, mask = render_design(design, rng, None if label == "good" else label)
-        image, mask = photograph(image, mask, design, rng)
+        for _attempt in range(20):  # a defect can land off-frame after the pose change: draw again
+            image, mask = render_design(design, rng, None if label == "good" else label)
+            image, mask = photograph(image, mask, design, rng)
+            if label == "good" or mask.sum() >= 4:
+                break
         gt = out / "ground_truth" / label if label != "good" else None
         _write_sample(out / split / label, f"{i:03d}", image, mask if gt else None, gt)
         if progress is not None:

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny data only (the suite must stay fast on a 2-core CPU)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Converted weights and generated data go to a per-session cache unless one is given."""
+    if "ANOMALIB_EXT_CACHE" not in os.environ:
+        os.environ["ANOMALIB_EXT_CACHE"] = str(tmp_path_factory.mktemp("anomalib_ext_cache"))
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_gpd(tmp_path_factory) -> Path:
+    """A SyntheticGPD with one category of 128 px images: 6 train, 3 good test, 2 per defect type."""
+    from anomalib_ext.data.synthetic_gpd import generate_dataset
+
+    root = tmp_path_factory.mktemp("tiny_gpd") / "data"
+    return generate_dataset(root, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is not present")
+    return SHARED_DATA

@@ -1,0 +1,86 @@
+import numpy as np
+import torch
+
+from anomalib_ext.components import MemoryBank, coverage_radius, greedy_coreset_indices, torch_knn
+from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, free_form_mask, paste_region, perlin_anomaly_generator
+
+
+def _brute_force_greedy(x: torch.Tensor, k: int, first: int) -> list[int]:
+    chosen = [first]
+    dist = torch.linalg.vector_norm(x - x[first], dim=1)
+    for _ in range(k - 1):
+        nxt = int(torch.argmax(dist))
+        chosen.append(nxt)
+        dist = torch.minimum(dist, torch.linalg.vector_norm(x - x[nxt], dim=1))
+    return chosen
+
+
+def test_pruned_greedy_equals_brute_force_greedy():
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(1500, 16) * s + s for s in (0.5, 1.0, 3.0)])
+    ours = greedy_coreset_indices(x, coreset_size=60, project=False, seed=3, progress=False)
+    assert ours.tolist() == _brute_force_greedy(x, 60, int(ours[0]))
+
+
+def test_coreset_covers_better_than_random():
+    torch.manual_seed(0)
+    x = torch.randn(4000, 4) * torch.rand(4000, 1) * 4  # low-dim: coverage differences are large
+    ours = greedy_coreset_indices(x, 0.01, progress=False)
+    random = torch.randperm(4000)[:40]
+    assert coverage_radius(x, x[ours]) < 0.8 * coverage_radius(x, x[random])
+
+
+def test_faiss_and_torch_give_the_same_neighbours():
+    torch.manual_seed(0)
+    bank = MemoryBank()
+    bank.fit(torch.randn(3000, 48), sampling_ratio=0.1, progress=False)
+    queries = torch.randn(200, 48)
+    d_faiss, i_faiss = bank.search(queries, k=9)
+    d_torch, i_torch = torch_knn(queries, bank.bank, 9)
+    assert torch.allclose(d_faiss, d_torch, atol=1e-4)
+    assert (i_faiss == i_torch).float().mean() > 0.99
+
+
+def test_memory_bank_exports_without_faiss_and_reloads():
+    torch.manual_seed(0)
+    bank = MemoryBank()
+    bank.fit(torch.randn(500, 8), sampling_ratio=None)
+
+    class Scorer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bank = bank
+
+        def forward(self, q):
+            return self.bank.search(q, k=1)[0]
+
+    batch = torch.export.Dim("n", min=1, max=1024)
+    program = torch.export.export(Scorer(), (torch.randn(4, 8),), dynamic_shapes=({0: batch},), strict=False)
+    q = torch.randn(7, 8)
+    assert torch.allclose(program.module()(q), bank.search(q, 1)[0], atol=1e-4)
+    reloaded = MemoryBank()
+    reloaded.load_state_dict(bank.state_dict())
+    assert torch.equal(reloaded.bank, bank.bank)
+
+
+def test_synthetic_anomalies_change_only_the_masked_pixels():
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+    image = torch.rand(3, 128, 128)
+    for fn in (cutpaste, cutpaste_scar):
+        out, mask = fn(image, rng)
+        assert mask.shape == (1, 128, 128) and mask.sum() > 0
+        assert torch.equal(out * (1 - mask), image * (1 - mask))
+    strokes = free_form_mask(128, 128, rng)
+    assert 0 < strokes.mean() < 0.6
+    target_area = torch.zeros(1, 128, 128)
+    target_area[:, 80:, 80:] = 1
+    out, mask = paste_region(image, strokes, torch.zeros(3, 128, 128), rng, target_area)
+    assert mask.sum() > 0 and torch.equal(out * (1 - mask), torch.zeros(3, 128, 128))
+
+
+def test_perlin_generator_from_textures(shared_data):
+    generator = perlin_anomaly_generator(shared_data / "dtd")
+    image = torch.rand(3, 64, 64)
+    out, mask = generator(image)
+    assert out.shape == image.shape and mask.shape[-2:] == (64, 64) and mask.sum() > 0

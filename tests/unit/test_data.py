@@ -1,0 +1,108 @@
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomalib_ext.data import MVTecLikeFolder, SyntheticGPD, move_seen_anomalies
+from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, render_print_layers, semantic_letter_change
+from anomalib_ext.data.mvtec_like import DatasetLayoutError, MaskMismatchError, make_mvtec_like_samples
+
+
+def test_synthetic_gpd_has_the_gpd_layout(tiny_gpd):
+    category = tiny_gpd / "p001"
+    assert len(list((category / "train" / "good").glob("*.jpg"))) == 6
+    for defect in DEFECT_TYPES:
+        images = sorted((category / "test" / defect).glob("*.jpg"))
+        masks = sorted((category / "ground_truth" / defect).glob("*.png"))
+        assert [p.stem for p in images] == [p.stem for p in masks]  # same stem, like GPD
+        for mask in masks:
+            assert np.asarray(Image.open(mask)).any(), f"{mask} is empty"
+
+
+def test_generation_is_deterministic(tmp_path, tiny_gpd):
+    from anomalib_ext.data.synthetic_gpd import generate_dataset
+
+    again = generate_dataset(tmp_path / "again", num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2)
+    for name in ("train/good/003.jpg", "test/letter/001.jpg", "ground_truth/letter/001.png"):
+        assert (again / "p001" / name).read_bytes() == (tiny_gpd / "p001" / name).read_bytes()
+
+
+def test_photographs_vary_in_pose(tiny_gpd):
+    a = np.asarray(Image.open(tiny_gpd / "p001/train/good/000.jpg"), dtype=float)
+    b = np.asarray(Image.open(tiny_gpd / "p001/train/good/001.jpg"), dtype=float)
+    assert np.abs(a - b).mean() > 5  # not the same picture: pose and light differ
+
+
+def test_letter_defects_are_semantic():
+    rng = np.random.default_rng(0)
+    design = make_design(rng, 256)
+    for _ in range(20):
+        changed = semantic_letter_change(design, rng)
+        assert changed != design.word and len(changed) == len(design.word)
+        assert set(changed) <= set(design.word)  # only letters that occur in the print: every patch is normal
+    normal, _ = render_print_layers(design)
+    swapped, _ = render_print_layers(design, semantic_letter_change(design, rng))
+    assert np.abs(normal - swapped).sum() > 0
+
+
+def test_datamodule_subsets_and_seen_anomalies(tiny_gpd):
+    dm = SyntheticGPD(root=tiny_gpd, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2,
+                      defect_types=["letter"], num_workers=0)
+    dm.setup()
+    test = dm.test_data.samples
+    assert set(test.label) == {"good", "letter"} and (test.label == "good").sum() == 3
+    item = dm.test_data[int(np.flatnonzero(test.label == "letter")[0])]
+    assert item.gt_mask.shape == item.image.shape[-2:] and item.gt_mask.any() and item.gt_label == 1
+
+    seen = SyntheticGPD(root=tiny_gpd, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2,
+                        seen_anomalies=8, num_workers=0)
+    seen.setup()
+    train = seen.train_data.samples
+    moved = train[train.label_index == 1]
+    assert len(moved) == 8 and set(moved.label) == set(DEFECT_TYPES)  # stratified: one of each type
+    assert not set(moved.image_path) & set(seen.test_data.samples.image_path)
+    assert all(moved.mask_path.str.len() > 0)
+
+
+def test_small_defect_subset(tiny_gpd):
+    dm = MVTecLikeFolder(root=tiny_gpd, category="p001", max_defect_area=0.005, num_workers=0)
+    samples = dm.make_samples()
+    defects = samples[(samples.split == "test") & (samples.label_index == 1)]
+    full = MVTecLikeFolder(root=tiny_gpd, category="p001", num_workers=0).make_samples()
+    assert 0 < len(defects) < (full.label_index == 1).sum()
+
+
+def test_seen_anomalies_more_than_available_is_an_error(tiny_gpd):
+    samples = make_mvtec_like_samples(tiny_gpd / "p001")
+    with pytest.raises(ValueError, match="only 16"):
+        move_seen_anomalies(samples, 17)
+
+
+def test_real_jpeg_data_with_mask_suffix(shared_data):
+    samples = make_mvtec_like_samples(shared_data / "kolektorsdd")
+    assert samples.attrs["task"] == "segmentation"
+    defects = samples[samples.label_index == 1]
+    assert len(defects) == 52 and all(defects.mask_path.str.endswith("_mask.png"))
+    bottle = make_mvtec_like_samples(shared_data / "bottle")
+    assert bottle.attrs["task"] == "classification"
+
+
+def test_bad_inputs_name_the_file_and_the_fix(tmp_path, tiny_gpd):
+    with pytest.raises(DatasetLayoutError, match="train/good"):
+        make_mvtec_like_samples(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_gpd / "p001", broken)
+    (broken / "ground_truth" / "hole" / "000.png").unlink()
+    with pytest.raises(MaskMismatchError, match="000.jpg"):
+        make_mvtec_like_samples(broken)
+    shutil.copy(tiny_gpd / "p001/ground_truth/hole/001.png", broken / "ground_truth/hole/000.png")
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(broken / "ground_truth/hole/001.png")
+    (broken / "test/good/000.jpg").write_bytes(b"not an image")
+    dm = MVTecLikeFolder(root=tmp_path, category="broken", num_workers=0)
+    dm.setup()
+    samples = dm.test_data.samples
+    with pytest.raises(MaskMismatchError, match="10x10"):
+        dm.test_data[int(np.flatnonzero(samples.image_path.str.endswith("hole/001.jpg"))[0])]
+    with pytest.raises(OSError, match="good/000.jpg"):
+        dm.test_data[int(np.flatnonzero(samples.image_path.str.endswith("good/000.jpg"))[0])]

@@ -1,0 +1,91 @@
+import cv2
+import numpy as np
+import torch
+from torchvision import tv_tensors
+
+from anomalib_ext.transforms import ORBAlign, PyramidBlocks, ReferenceFeatures, estimate_homography, num_blocks
+
+
+def _textured(size=512):
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (size, size))
+
+
+def _random_pose(rng, size):
+    angle = np.deg2rad(rng.uniform(-10, 10))
+    scale = rng.uniform(0.9, 1.1)
+    c, s = np.cos(angle) * scale, np.sin(angle) * scale
+    h = np.array([[c, -s, 0], [s, c, 0], [*rng.uniform(-1e-4, 1e-4, 2), 1.0]])
+    h[:2, 2] = rng.uniform(-25, 25, 2)
+    return h
+
+
+def test_orb_recovers_known_transforms_within_2px():
+    image, size = _textured(), 512
+    reference = ReferenceFeatures(image)
+    rng = np.random.default_rng(0)
+    corners = np.float32([[0, 0], [size, 0], [size, size], [0, size]]).reshape(-1, 1, 2)
+    errors = []
+    for _ in range(8):
+        pose = _random_pose(rng, size)
+        moved = cv2.warpPerspective(image, pose, (size, size), borderMode=cv2.BORDER_REFLECT)
+        result = estimate_homography(moved, reference)
+        assert result.ok, result.reason
+        back = cv2.perspectiveTransform(cv2.perspectiveTransform(corners, pose), result.homography)
+        errors.append(np.linalg.norm(back - corners, axis=-1).mean())
+    assert np.mean(errors) < 2.0 and np.max(errors) < 2.5
+
+
+def test_transform_warps_image_and_mask_together():
+    image = _textured(256)
+    tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
+    pose = np.array([[1, 0, 12.0], [0, 1, -9.0], [0, 0, 1]])
+    moved = torch.from_numpy(cv2.warpAffine(image, pose[:2], (256, 256), borderMode=cv2.BORDER_REFLECT)).permute(2, 0, 1).float() / 255
+    mask = torch.zeros(256, 256, dtype=torch.uint8)
+    mask[100:120, 100:120] = 1
+    moved_mask = tv_tensors.Mask(torch.from_numpy(cv2.warpAffine(mask.numpy(), pose[:2], (256, 256), flags=cv2.INTER_NEAREST)))
+    align = ORBAlign(tensor)
+    aligned, aligned_mask = align(tv_tensors.Image(moved), moved_mask)
+    assert align.last_result.ok and isinstance(aligned_mask, tv_tensors.Mask)
+    assert set(aligned_mask.unique().tolist()) <= {0, 1}  # nearest: still binary
+    assert (aligned_mask.bool() & mask.bool()).sum() > 0.8 * mask.sum()
+    assert (aligned - tensor).abs()[:, 30:-30, 30:-30].mean() < 0.05
+
+
+def test_blank_image_falls_back_to_identity():
+    align = ORBAlign(_textured(256))
+    blank = torch.full((3, 256, 256), 0.5)
+    out = align(blank)
+    assert not align.last_result.ok and align.failures == 1
+    assert np.allclose(align.last_result.homography, np.eye(3)) and torch.allclose(out, blank)
+
+
+def test_pyramid_split_and_splice_reproduce_each_level():
+    pyramid = PyramidBlocks(levels=3)
+    x = torch.rand(2, 3, 64, 64)
+    blocks = pyramid.split(x)
+    assert blocks.shape == (2, num_blocks(3), 3, 16, 16) == (2, 21, 3, 16, 16)
+    levels = pyramid.splice(blocks)  # identity "features": the blocks themselves
+    assert levels.shape == (2, 3, 3, 64, 64)
+    assert torch.allclose(levels[:, 2], x)  # finest level: exact
+    for i, factor in ((0, 4), (1, 2)):
+        coarse = torch.nn.functional.avg_pool2d(x, factor)
+        expected = torch.nn.functional.interpolate(coarse, size=(64, 64), mode="bilinear", align_corners=False)
+        assert torch.allclose(levels[:, i], expected, atol=1e-6)
+    # Block 1 of level 2 is the top-left quarter of the image, pooled 2x.
+    assert torch.allclose(blocks[:, 1], torch.nn.functional.avg_pool2d(x[..., :32, :32], 2))
+
+
+def test_pyramid_exports_with_dynamic_batch():
+    pyramid = PyramidBlocks(levels=3)
+
+    class SplitSplice(torch.nn.Module):
+        def forward(self, x):
+            return pyramid.splice(pyramid.split(x).mean(2, keepdim=True))
+
+    batch = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(SplitSplice(), (torch.rand(2, 3, 64, 64),), dynamic_shapes=({0: batch},), strict=False)
+    for n in (1, 5):
+        x = torch.rand(n, 3, 64, 64)
+        assert torch.allclose(program.module()(x), SplitSplice()(x))
