@@ -40,6 +40,16 @@ def make_design(rng: np.random.Generator, size: int) -> PrintDesign:
     fabric = rng.uniform(0.25, 0.85, 3)
     ink = np.clip(1.0 - fabric + rng.uniform(-0.2, 0.2, 3), 0.05, 0.95)
     accent = rng.uniform(0.1, 0.9, 3)
+    # A print must stand out in brightness too (photographs and ORB work on luminance): push ink and
+    # accent at least 0.3 away from the fabric's luminance.
+    luma = np.array([0.299, 0.587, 0.114])
+    for colour in (ink, accent):
+        gap = float(luma @ colour - luma @ fabric)
+        if abs(gap) < 0.3:
+            colour += (np.sign(gap) or 1.0) * (0.3 - abs(gap))
+            if not 0.0 <= luma @ np.clip(colour, 0, 1) <= 1.0 or abs(luma @ np.clip(colour, 0, 1) - luma @ fabric) < 0.3:
+                colour -= 2 * (np.sign(gap) or 1.0) * (0.3 - abs(gap)) + (np.sign(gap) or 1.0) * abs(gap) * 2
+        np.clip(colour, 0.02, 0.98, out=colour)
     return PrintDesign(
         size=size,
         fabric_rgb=fabric,

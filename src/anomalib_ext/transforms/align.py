@@ -37,6 +37,12 @@ class ORBSettings:
     min_inliers: int = 12
     max_scale_change: float = 2.0  # reject warps that shrink/grow the image area more than this
     max_perspective: float = 2e-3  # |h31|, |h32| per pixel: beyond this the warp folds the image
+    blur_sigma: float = 0.0  # smooth before detection so fine periodic texture (weave) yields fewer ambiguous corners
+
+
+def detection_image(image: np.ndarray | torch.Tensor, settings: ORBSettings) -> np.ndarray:
+    gray = to_gray_uint8(image)
+    return cv2.GaussianBlur(gray, (0, 0), settings.blur_sigma) if settings.blur_sigma > 0 else gray
 
 
 def to_gray_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -58,7 +64,7 @@ class ReferenceFeatures:
 
     def __init__(self, reference: np.ndarray | torch.Tensor, settings: ORBSettings = ORBSettings()) -> None:
         self.settings = settings
-        self.gray = to_gray_uint8(reference)
+        self.gray = detection_image(reference, settings)
         self.orb = cv2.ORB_create(nfeatures=settings.n_features)
         self.keypoints, self.descriptors = self.orb.detectAndCompute(self.gray, None)
         self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True)
@@ -107,7 +113,7 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     """Homography from ``image`` to the reference frame, with a robust identity fallback."""
     s = reference.settings
     identity = np.eye(3)
-    gray = to_gray_uint8(image)
+    gray = detection_image(image, s)
     keypoints, descriptors = reference.orb.detectAndCompute(gray, None)
     if descriptors is None or reference.descriptors is None or len(keypoints) < 4:
         return AlignmentResult(identity, False, 0, "too few key points")
