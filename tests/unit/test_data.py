@@ -106,3 +106,22 @@ def test_bad_inputs_name_the_file_and_the_fix(tmp_path, tiny_gpd):
         dm.test_data[int(np.flatnonzero(samples.image_path.str.endswith("hole/001.jpg"))[0])]
     with pytest.raises(OSError, match="good/000.jpg"):
         dm.test_data[int(np.flatnonzero(samples.image_path.str.endswith("good/000.jpg"))[0])]
+
+
+def test_gpd_offline_download_fails_clearly_and_writes_nothing(tmp_path):
+    from anomalib_ext.data.gpd import download_gpd
+
+    root = tmp_path / "GPD"
+    with pytest.raises(RuntimeError, match="SyntheticGPD"):
+        download_gpd(root, url="http://127.0.0.1:9/gpd.zip")  # nothing listens on the discard port
+    assert not root.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_make_gpd_command(tmp_path, capsys):
+    from anomalib_ext.cli import main
+
+    out = tmp_path / "made"
+    assert main(["make-gpd", "--out", str(out), "--num-categories", "1", "--image-size", "64", "--train-count", "2",
+                 "--test-good-count", "1", "--defects-per-type", "1", "--defect-types", "letter", "hole"]) == 0
+    assert sorted(p.name for p in (out / "p001" / "test").iterdir()) == ["good", "hole", "letter"]
+    assert not (tmp_path / "made.partial").exists() and "written" in capsys.readouterr().out
