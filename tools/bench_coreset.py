@@ -65,13 +65,19 @@ def main() -> None:
     parser.add_argument("--backbone", default="tf_efficientnet_lite2")
     parser.add_argument("--skip-anomalib", action="store_true", help="time only ours (anomalib's takes minutes)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--features", type=Path, default=None, help="cache of the extracted features (.pt): reused if present")
     args = parser.parse_args()
 
     from anomalib.models.components import KCenterGreedy
 
     from anomalib_ext.components import coverage_radius, greedy_coreset_indices
 
-    features = patchcore_embeddings(args.images, args.limit, args.size, args.backbone)
+    if args.features is not None and args.features.is_file():
+        features = torch.load(args.features)
+    else:
+        features = patchcore_embeddings(args.images, args.limit, args.size, args.backbone)
+        if args.features is not None:
+            torch.save(features, args.features)
     results = {"patches": features.shape[0], "dims": features.shape[1], "ratio": args.ratio, "threads": torch.get_num_threads()}
     start = time.perf_counter()
     ours = greedy_coreset_indices(features, args.ratio, seed=0, progress=False)

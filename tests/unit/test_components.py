@@ -15,7 +15,7 @@ def _brute_force_greedy(x: torch.Tensor, k: int, first: int) -> list[int]:
     return chosen
 
 
-def test_pruned_greedy_equals_brute_force_greedy():
+def test_fast_greedy_equals_brute_force_greedy():
     torch.manual_seed(0)
     x = torch.cat([torch.randn(1500, 16) * s + s for s in (0.5, 1.0, 3.0)])
     ours = greedy_coreset_indices(x, coreset_size=60, project=False, seed=3, progress=False)

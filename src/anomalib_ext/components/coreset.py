@@ -1,11 +1,11 @@
 """Greedy k-center coreset selection, exact and fast.
 
-anomalib's ``KCenterGreedy`` recomputes the distance of *every* feature to each new centre: one
-full pass over an N x D matrix per selected point (~8.5 min for 343k patches, 1% coreset, 2-core CPU).
-We select the same greedy k-center sequence but skip every point the new centre cannot get closer to:
-with ``a(x)`` the centre x is assigned to and ``d(x)`` its distance, the triangle inequality gives
-``|x - c| >= |c - a(x)| - d(x)``, so x can only improve if ``|c - a(x)| < 2 d(x)``. Centre-to-centre
-distances are k x D per step, and the candidate set shrinks quickly as the coverage radius falls.
+anomalib's ``KCenterGreedy`` computes ``|x - c|`` for every feature and each new centre, which writes
+and re-reads an N x D temporary per selected point (~8.5 min for 343k patches at 1% on a 2-core CPU).
+We select the same greedy k-center sequence from squared distances ``|x|^2 - 2 x.c + |c|^2``: one fused
+matrix-vector product (``addmv``) reads the features once and writes only N numbers, and the running
+minimum is updated in place. (A triangle-inequality pruning was tried: on real patch features about
+75% of the points stay candidates, and gathering them costs more than the full product.)
 """
 
 from __future__ import annotations
@@ -62,41 +62,18 @@ def greedy_coreset_indices(
         generator.manual_seed(seed)
     first = int(torch.randint(n, (1,), generator=generator))
 
-    # Squared distances by |x|^2 - 2 x.c + |c|^2: one matrix-vector product reads x once, where
-    # |x - c| writes and re-reads an N x D temporary (~10x the memory traffic).
     squared_norms = x.pow(2).sum(1)
     selected = torch.empty(k, dtype=torch.long)
-    centres = torch.empty(k, x.shape[1], dtype=x.dtype, device=x.device)
-
-    def squared_distances(rows: torch.Tensor | None, centre: torch.Tensor) -> torch.Tensor:
-        if rows is None:
-            return (squared_norms - 2 * (x @ centre) + centre.dot(centre)).clamp_min_(0)
-        return (squared_norms[rows] - 2 * (x[rows] @ centre) + centre.dot(centre)).clamp_min_(0)
-
-    selected[0], centres[0] = first, x[first]
-    min_sq = squared_distances(None, x[first])
-    min_sq[first] = 0
-    assigned = torch.zeros(n, dtype=torch.long, device=x.device)
+    selected[0] = first
+    centre = x[first]
+    min_sq = torch.addmv(squared_norms, x, centre, alpha=-2).add_(centre.dot(centre)).clamp_min_(0)
     for step in tqdm(range(1, k), desc="Selecting coreset", disable=not progress or k < 2, leave=False):
+        min_sq[selected[step - 1]] = 0  # guard against rounding: a chosen point is never chosen again
         index = int(torch.argmax(min_sq))
+        selected[step] = index
         centre = x[index]
-        selected[step], centres[step] = index, centre
-        to_centres_sq = (centres[:step] - centre).pow(2).sum(1)
-        # Triangle inequality: x can only get closer if |c - a(x)| < 2 d(x), i.e. |c - a(x)|^2 < 4 d(x)^2.
-        candidate_mask = to_centres_sq[assigned] < 4 * min_sq
-        if int(candidate_mask.sum()) > n // 2:  # dense: a full product is cheaper than gathering rows
-            dist_sq = squared_distances(None, centre)
-            closer = dist_sq < min_sq
-            min_sq = torch.where(closer, dist_sq, min_sq)
-            assigned[closer] = step
-        else:
-            rows = torch.nonzero(candidate_mask).squeeze(1)
-            dist_sq = squared_distances(rows, centre)
-            closer = dist_sq < min_sq[rows]
-            improved = rows[closer]
-            min_sq[improved] = dist_sq[closer]
-            assigned[improved] = step
-        min_sq[index] = 0
+        dist_sq = torch.addmv(squared_norms, x, centre, alpha=-2).add_(centre.dot(centre))
+        torch.minimum(min_sq, dist_sq, out=min_sq)
     return selected
 
 
