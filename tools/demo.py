@@ -2,8 +2,9 @@
 
 train (anomalib Engine) -> test metrics -> OpenVINO export -> OpenVINO inference with overlays.
 
-Until AMFS lands this runs anomalib's built-in Patchcore on the offline ImageNet backbone
-``tf_efficientnet_lite2`` — which shows the plugin's data, backbones and deployment working together.
+Default model: AMFS (ORB alignment + pyramid-block memory banks + F_fusion) on the offline ImageNet
+backbone ``tf_efficientnet_lite2``; ``--model patchcore`` runs anomalib's Patchcore with the same
+backbone for comparison. OpenVINO inference runs the host steps too (alignment for AMFS).
 
     python tools/demo.py --out results/demo
 """
@@ -20,7 +21,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results/demo"))
     parser.add_argument("--category", default="p001")
-    parser.add_argument("--input-size", type=int, default=256)
+    parser.add_argument("--model", choices=["amfs", "patchcore"], default="amfs")
+    parser.add_argument("--input-size", type=int, default=None, help="default: 512 for AMFS (paper), 256 for Patchcore")
     parser.add_argument("--data-root", type=Path, default=None, help="SyntheticGPD folder (default: user cache)")
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--infer-images", type=int, default=8, help="test images to run through OpenVINO")
@@ -32,6 +34,7 @@ def main() -> None:
     from anomalib.models import Patchcore
 
     from anomalib_ext import register
+    from anomalib_ext.models import AMFS
     from anomalib_ext.data import SyntheticGPD
     from anomalib_ext.deploy.openvino import run_inference
 
@@ -41,12 +44,19 @@ def main() -> None:
         root=args.data_root, category=args.category, train_batch_size=8, eval_batch_size=8,
         num_workers=args.num_workers, **sizes,
     )
-    model = Patchcore(
-        backbone="tf_efficientnet_lite2",
-        layers=["blocks.2", "blocks.4"],
-        coreset_sampling_ratio=0.01,
-        pre_processor=Patchcore.configure_pre_processor(image_size=(args.input_size, args.input_size)),
-    )
+    size = args.input_size or (512 if args.model == "amfs" else 256)
+    if args.small:
+        size = args.input_size or 128
+    if args.model == "amfs":
+        model = AMFS(pre_processor=AMFS.configure_pre_processor((size, size)),
+                     **({"fusion_epochs": 10, "coreset_sampling_ratio": 0.1} if args.small else {}))
+    else:
+        model = Patchcore(
+            backbone="tf_efficientnet_lite2",
+            layers=["blocks.2", "blocks.4"],
+            coreset_sampling_ratio=0.01,
+            pre_processor=Patchcore.configure_pre_processor(image_size=(size, size)),
+        )
     engine = Engine(default_root_dir=args.out, logger=False, enable_progress_bar=True)
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)
@@ -54,9 +64,10 @@ def main() -> None:
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     export_dir = args.out / "export"
     # anomalib's Patchcore graph fixes the batch to its example batch (2) under dynamic export: export
-    # a static batch of one instead (our own models export with a dynamic batch).
+    # a static batch of one for it; AMFS exports with a dynamic batch.
+    onnx_kwargs = {"dynamic_shapes": None} if args.model == "patchcore" else None
     engine.export(model=model, export_type=ExportType.OPENVINO, export_root=export_dir,
-                  input_size=(args.input_size, args.input_size), onnx_kwargs={"dynamic_shapes": None})
+                  input_size=(size, size), onnx_kwargs=onnx_kwargs)
     xml_dir = next(p.parent for p in export_dir.rglob("model.xml"))
     test_images = sorted(Path(datamodule.root, args.category, "test").rglob("*.jpg"))
     picks = test_images[:: max(1, len(test_images) // args.infer_images)][: args.infer_images]
@@ -66,7 +77,7 @@ def main() -> None:
         (infer_in / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     predictions, errors = run_inference(xml_dir, infer_in, args.out / "openvino_predictions")
     summary = {
-        "data": str(datamodule.root), "category": args.category, "fit_seconds": round(fit_s, 1),
+        "model": args.model, "input_size": size, "data": str(datamodule.root), "category": args.category, "fit_seconds": round(fit_s, 1),
         "test_metrics": {k: round(float(v), 4) for k, v in metrics.items()},
         "openvino_model": str(xml_dir / "model.xml"),
         "openvino_predictions": {Path(p.path).name: round(p.score, 4) for p in predictions},

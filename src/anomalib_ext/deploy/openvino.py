@@ -57,20 +57,68 @@ def collect_images(inputs: str | Path) -> list[Path]:
 
 
 class OpenVINOAnomalyInferencer:
-    """Runs an exported anomalib IR on CPU via anomalib's ``OpenVINOInferencer``."""
+    """Runs an exported anomalib IR on CPU via anomalib's ``OpenVINOInferencer``.
+
+    For an AMFS export (``amfs.json`` beside the IR) the host steps run around the IR: the image is
+    resized to the model's input size and aligned to the saved reference, and the anomaly map and mask
+    are warped back into the (resized) input frame.
+    """
 
     def __init__(self, model_dir: str | Path, device: str = "CPU") -> None:
         from anomalib.deploy import OpenVINOInferencer
 
         self.xml = find_model_xml(model_dir)
         self.inferencer = OpenVINOInferencer(path=self.xml, device=device)
+        self.aligner = None
+        self.input_size = None
+        metadata_path = self.xml.parent / "amfs.json"
+        if metadata_path.is_file():
+            import dataclasses
+            import json
+
+            from anomalib_ext.models.amfs.alignment import BatchAligner
+            from anomalib_ext.transforms.align import ORBSettings
+
+            metadata = json.loads(metadata_path.read_text())
+            self.input_size = tuple(metadata["input_size"])
+            if metadata["align"]:
+                reference = read_rgb(self.xml.parent / metadata["reference"])
+                fields = {f.name for f in dataclasses.fields(ORBSettings)}
+                settings = ORBSettings(**{k: v for k, v in metadata["orb"].items() if k in fields})
+                self.aligner = BatchAligner(reference, settings)
 
     def predict(self, path: str | Path) -> Prediction:
         image = read_rgb(path).astype(np.float32) / 255  # clear error for unreadable files
-        result = self.inferencer.predict(image)
-        anomaly_map = np.asarray(result.anomaly_map).reshape(np.asarray(result.anomaly_map).shape[-2:])
+        if self.input_size is None:
+            result = self.inferencer.predict(image)
+        else:
+            result = self._predict_aligned(image)
+        anomaly_map = np.asarray(result.anomaly_map).reshape(np.asarray(result.anomaly_map).shape[-2:]).astype(np.float32)
         mask = np.asarray(result.pred_mask).reshape(anomaly_map.shape) if result.pred_mask is not None else anomaly_map > 0.5
         return Prediction(str(path), float(np.asarray(result.pred_score).ravel()[0]), bool(np.asarray(result.pred_label).ravel()[0]), anomaly_map, mask.astype(bool))
+
+    def _predict_aligned(self, image: np.ndarray):
+        """AMFS host steps: resize, align to the reference, run the IR, warp map and mask back."""
+        from types import SimpleNamespace
+
+        import torch
+
+        h, w = self.input_size
+        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        homography = np.eye(3)
+        if self.aligner is not None:
+            aligned, homographies, _ = self.aligner.align(torch.from_numpy(resized).permute(2, 0, 1)[None])
+            resized, homography = aligned[0].permute(1, 2, 0).numpy(), homographies[0]
+        result = self.inferencer.predict(np.ascontiguousarray(resized, dtype=np.float32))
+        inverse = np.linalg.inv(homography)
+        anomaly_map = cv2.warpPerspective(_squeeze_map(result.anomaly_map).astype(np.float32), inverse, (w, h), borderMode=cv2.BORDER_REPLICATE)
+        mask = cv2.warpPerspective(_squeeze_map(result.pred_mask).astype(np.uint8), inverse, (w, h), flags=cv2.INTER_NEAREST)
+        return SimpleNamespace(pred_score=result.pred_score, pred_label=result.pred_label, anomaly_map=anomaly_map, pred_mask=mask)
+
+
+def _squeeze_map(value) -> np.ndarray:
+    array = np.asarray(value)
+    return array.reshape(array.shape[-2:])
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -1,3 +1,5 @@
-"""Models of the plugin (each an anomalib ``AnomalibModule``); added as their issues land."""
+"""Models of the plugin (each an anomalib ``AnomalibModule``)."""
 
-__all__: list[str] = []
+from anomalib_ext.models.amfs import AMFS
+
+__all__ = ["AMFS"]

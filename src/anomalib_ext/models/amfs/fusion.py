@@ -1,0 +1,106 @@
+"""F_fusion: block anomaly maps -> block weights w_ij; image score s = sum_ij w_ij s_ij (AMFS Eq. 2).
+
+A small AlexNet-like CNN reads each block map m_ij and outputs a logit; a learned per-block bias lets
+positions and pyramid levels differ; a softmax over the blocks turns logits into weights, so ``s`` stays
+a weighted mean of block scores (a plain rescaling of all weights cannot "improve" the loss).
+Trained after the banks are built, on block maps/scores of synthetic anomalies and augmented normals,
+with a logistic loss that pushes ``s`` up for anomalies and down for normals.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+SCORING_MODES = ("fusion", "linear", "max", "mean")
+
+
+class FusionNet(nn.Module):
+    """AlexNet-like: 3 conv stages (ReLU, max-pool) and 2 fully connected layers, one logit per block map."""
+
+    def __init__(self, num_blocks: int, width: int = 16) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.AdaptiveMaxPool2d(1),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * width, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 1))
+        self.block_bias = nn.Parameter(torch.zeros(num_blocks))
+
+    def forward(self, block_maps: torch.Tensor) -> torch.Tensor:
+        """(B, nb, 1, h, w) normalised block maps -> (B, nb) logits."""
+        b, nb = block_maps.shape[:2]
+        logits = self.head(self.features(block_maps.flatten(0, 1))).reshape(b, nb)
+        return logits + self.block_bias
+
+
+class ScoreFusion(nn.Module):
+    """Image score from block scores by one of ``fusion`` (F_fusion), ``linear``, ``max`` or ``mean``."""
+
+    def __init__(self, num_blocks: int, mode: str = "fusion") -> None:
+        super().__init__()
+        if mode not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {SCORING_MODES}, got '{mode}'")
+        self.mode = mode
+        self.net = FusionNet(num_blocks) if mode == "fusion" else None
+        self.linear_logits = nn.Parameter(torch.zeros(num_blocks)) if mode == "linear" else None
+        # Scale of normal scores (set when trained): maps enter the CNN as m / scale.
+        self.register_buffer("score_scale", torch.ones(()))
+
+    @property
+    def trainable(self) -> bool:
+        return self.mode in ("fusion", "linear")
+
+    def weights(self, block_maps: torch.Tensor) -> torch.Tensor:
+        """(B, nb) block weights summing to one."""
+        if self.mode == "fusion":
+            return torch.softmax(self.net(block_maps / self.score_scale), dim=1)
+        if self.mode == "linear":
+            return torch.softmax(self.linear_logits, dim=0).expand(block_maps.shape[0], -1)
+        return torch.full(block_maps.shape[:2], 1.0 / block_maps.shape[1], device=block_maps.device)
+
+    def forward(self, block_maps: torch.Tensor, block_scores: torch.Tensor) -> torch.Tensor:
+        """(B, nb, 1, h, w), (B, nb) -> (B,) image scores."""
+        if self.mode == "max":
+            return block_scores.amax(dim=1)
+        return (self.weights(block_maps) * block_scores).sum(dim=1)
+
+    def fit(self, block_maps: torch.Tensor, block_scores: torch.Tensor, labels: torch.Tensor, epochs: int = 60, lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> list[float]:
+        """Train on (N, nb, 1, h, w) maps, (N, nb) scores and (N,) 0/1 labels; returns the loss per epoch."""
+        if not self.trainable:
+            return []
+        device = self.score_scale.device
+        block_maps, block_scores, labels = block_maps.to(device), block_scores.to(device), labels.to(device)
+        normal = block_scores[labels == 0]
+        self.score_scale = normal.mean().clamp_min(1e-6).detach().to(self.score_scale)
+        # An affine calibration of s/scale for the logistic loss (not part of inference: ranking only).
+        slope = nn.Parameter(torch.tensor(1.0))
+        offset = nn.Parameter(torch.tensor(0.0))
+        params = [p for p in self.parameters() if p.requires_grad] + [slope, offset]
+        optimizer = torch.optim.Adam(params, lr=lr)
+        generator = torch.Generator().manual_seed(seed)
+        losses = []
+        self.train()
+        for _ in tqdm(range(epochs), desc="Training F_fusion", leave=False):
+            order = torch.randperm(len(labels), generator=generator)
+            total = 0.0
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                score = self(block_maps[idx], block_scores[idx]) / self.score_scale
+                loss = F.binary_cross_entropy_with_logits(F.softplus(slope) * 4 * (score - 1) + offset, labels[idx].float())
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss) * len(idx)
+            losses.append(total / len(order))
+        self.eval()
+        logger.info("F_fusion (%s) trained: loss %.4f -> %.4f", self.mode, losses[0], losses[-1])
+        return losses

@@ -1,0 +1,222 @@
+"""AMFS — Aligned Matching and Fused Scoring (PRCV 2024) as an anomalib model.
+
+``anomalib train --model AMFS --data SyntheticGPD`` — every training and test image is aligned to a
+reference training image (I-RA), scored against per-block coresets of a pyramid (A-MES), and the block
+scores are fused by F_fusion. Maps are returned in the input image's frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from torch import nn
+from torchvision.transforms.v2 import Compose, Resize
+
+from anomalib_ext.models.amfs.alignment import BatchAligner, choose_reference, to_uint8_hwc
+from anomalib_ext.models.amfs.synthetic import fusion_training_set
+from anomalib_ext.models.amfs.torch_model import AMFSModel
+from anomalib_ext.transforms.align import ORBSettings
+
+logger = logging.getLogger(__name__)
+
+
+class AMFS(MemoryBankMixin, AnomalibModule):
+    """AMFS anomaly detector.
+
+    Args:
+        backbone: timm backbone (default: offline ImageNet ``tf_efficientnet_lite2``; paper: WideResNet-50).
+        layers: backbone layers whose features are concatenated.
+        pre_trained: ImageNet weights (never silently random: see ``anomalib_ext.backbones``).
+        backbone_weights: a weights file for the backbone.
+        levels: pyramid levels N (paper default 3 → 21 blocks).
+        coreset_sampling_ratio: coreset fraction per block bank (paper 1%).
+        num_neighbors: k for PatchCore's score re-weighting (9).
+        scoring: ``fusion`` (F_fusion, paper), ``linear`` (learned weights), ``max`` or ``mean``.
+        align: I-RA on/off.
+        reference: ``best`` (the training image others align to with most inliers) or ``first``.
+        orb_features / orb_keep_fraction: ORB settings of the alignment.
+        fusion_holdout: fraction of training images kept out of the banks to train F_fusion on (images
+            that are in the banks score ~0 and would teach the fusion nothing).
+        fusion_samples_per_image: synthetic anomalies and augmented normals made per held-out image.
+        fusion_epochs: F_fusion training epochs.
+        texture_dir: textures for DRAEM-style anomalies (e.g. DTD); ``None`` = anomalib's noise textures.
+        seed: seeds hold-out split, synthesis and coreset starts.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite2",
+        layers: Sequence[str] = ("blocks.2", "blocks.4"),
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        levels: int = 3,
+        coreset_sampling_ratio: float = 0.01,
+        num_neighbors: int = 9,
+        scoring: str = "fusion",
+        align: bool = True,
+        reference: str = "best",
+        orb_features: int = 500,
+        orb_keep_fraction: float = 0.15,
+        fusion_holdout: float = 0.2,
+        fusion_samples_per_image: int = 8,
+        fusion_epochs: int = 60,
+        texture_dir: str | None = None,
+        seed: int = 0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer)
+        self.model = AMFSModel(backbone, tuple(layers), pre_trained, backbone_weights, levels, num_neighbors, scoring)
+        self.coreset_sampling_ratio = coreset_sampling_ratio
+        self.align = align
+        self.reference_mode = reference
+        self.orb_settings = ORBSettings(n_features=orb_features, keep_fraction=orb_keep_fraction)
+        self.fusion_holdout = fusion_holdout
+        self.fusion_samples_per_image = fusion_samples_per_image
+        self.fusion_epochs = fusion_epochs
+        self.texture_dir = texture_dir
+        self.seed = seed
+        self._train_images: list[torch.Tensor] = []
+        self._aligner: BatchAligner | None = None
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only (paper: 512 x 512); ImageNet normalisation happens inside the model, after alignment."""
+        return PreProcessor(transform=Compose([Resize(image_size or (512, 512), antialias=True)]))
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        return PostProcessor()
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        return
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+
+    @property
+    def learning_type(self) -> LearningType:
+        return LearningType.ONE_CLASS
+
+    # ---- training ----------------------------------------------------------------------------
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
+        """Keep the (resized) normal images; everything is built in :meth:`fit` once all are seen."""
+        del args, kwargs
+        images = batch.image if batch.gt_label is None else batch.image[batch.gt_label == 0]
+        self._train_images.extend((images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+        return torch.tensor(0.0, requires_grad=True, device=self.device)
+
+    def fit(self) -> None:
+        """Reference -> alignment -> per-block coresets -> F_fusion."""
+        images = self._train_images
+        if len(images) < 3:
+            raise ValueError(f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}.")
+        ref_index = choose_reference(images, self.reference_mode, self.orb_settings) if self.align else 0
+        self.model.reference = torch.from_numpy(to_uint8_hwc(images[ref_index])).to(self.device)
+        self._aligner = None
+        rest = [img for i, img in enumerate(images) if i != ref_index]
+        rng = np.random.default_rng(self.seed)
+        n_holdout = int(round(len(rest) * self.fusion_holdout)) if self.model.fusion.trainable else 0
+        n_holdout = min(max(n_holdout, 1 if self.model.fusion.trainable else 0), len(rest) - 1)
+        order = rng.permutation(len(rest))
+        holdout = [rest[i] for i in order[:n_holdout]]
+        bank_images = [rest[i] for i in order[n_holdout:]]
+        aligned_bank = self._aligned_float(bank_images)
+        embeddings = torch.cat([self.model.embed(chunk)[0] for chunk in aligned_bank.split(8)])
+        self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
+        logger.info("AMFS banks: %d blocks x %d features (from %d images)", *self.model.banks.shape[:2], len(bank_images))
+        if holdout:
+            aligned_holdout = self._aligned_float(holdout)
+            maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed)
+            self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
+        self._train_images = []
+
+    def _aligned_float(self, images: list[torch.Tensor]) -> torch.Tensor:
+        batch = torch.stack(images).to(self.device).float().div(255)  # (N, 3, H, W) in [0, 1]
+        return self.align_images(batch)[0] if self.align else batch
+
+    # ---- inference ---------------------------------------------------------------------------
+    @property
+    def aligner(self) -> BatchAligner:
+        if self._aligner is None:
+            if self.model.reference.numel() == 0:
+                raise RuntimeError("AMFS has no reference image yet: train it (or load a trained checkpoint) first.")
+            self._aligner = BatchAligner(self.model.reference.cpu().numpy(), self.orb_settings)
+        return self._aligner
+
+    def align_images(self, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+        aligned, homographies, _ = self.aligner.align(images)
+        return aligned, homographies
+
+    def predict_aligned(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Host alignment -> model -> maps warped back into the input frame."""
+        if not self.align:
+            output = self.model(images)
+            return {"pred_score": output.pred_score, "anomaly_map": output.anomaly_map}
+        aligned, homographies = self.align_images(images)
+        output = self.model(aligned)
+        return {"pred_score": output.pred_score, "anomaly_map": BatchAligner.warp_back(output.anomaly_map, homographies)}
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        del args, kwargs
+        return batch.update(**self.predict_aligned(batch.image))
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        del args, kwargs
+        return batch.update(**self.predict_aligned(batch.image))
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        del args, kwargs
+        return batch.update(**self.predict_aligned(batch.image))
+
+
+def _write_host_metadata(model: AMFS, model_path: Path) -> None:
+    """Beside the IR: the alignment reference (PNG) and the settings the host steps need (JSON)."""
+    import json
+
+    import cv2
+
+    folder = Path(model_path).parent
+    reference = model.model.reference.cpu().numpy()
+    cv2.imwrite(str(folder / "amfs_reference.png"), reference[..., ::-1])
+    metadata = {
+        "model": "AMFS",
+        "anomalib_ext_version": __import__("anomalib_ext").__version__,
+        "input_size": list(reference.shape[:2]),
+        "align": model.align,
+        "reference": "amfs_reference.png",
+        "orb": dataclasses.asdict(model.orb_settings),
+    }
+    (folder / "amfs.json").write_text(json.dumps(metadata, indent=1))
+
+
+def _export_with_metadata(export):
+    def wrapper(self: AMFS, export_root, *args, **kwargs):
+        path = export(self, export_root, *args, **kwargs)
+        _write_host_metadata(self, path)
+        return path
+
+    wrapper.__doc__ = export.__doc__
+    return wrapper
+
+
+# Every export path (anomalib export / Engine.export / to_onnx / to_openvino) writes the host metadata.
+AMFS.to_openvino = _export_with_metadata(AnomalibModule.to_openvino)
+AMFS.to_onnx = _export_with_metadata(AnomalibModule.to_onnx)

@@ -1,0 +1,78 @@
+"""AMFS end to end on tiny SyntheticGPD: anomalib Engine fit/test, alignment, scoring modes, export."""
+
+import numpy as np
+import pytest
+import torch
+
+
+def _datamodule(root, **kwargs):
+    from anomalib_ext.data import SyntheticGPD
+
+    return SyntheticGPD(root=root, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2,
+                        train_batch_size=4, eval_batch_size=4, num_workers=0, **kwargs)
+
+
+def _amfs(**kwargs):
+    from anomalib_ext.models import AMFS
+
+    defaults = {"backbone": "tf_efficientnet_lite0", "layers": ("blocks.2", "blocks.4"), "coreset_sampling_ratio": 0.1,
+                "fusion_epochs": 5, "fusion_samples_per_image": 2, "pre_processor": AMFS.configure_pre_processor((128, 128))}
+    return AMFS(**{**defaults, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_gpd, tmp_path_factory):
+    from anomalib.engine import Engine
+
+    model = _amfs()
+    engine = Engine(default_root_dir=tmp_path_factory.mktemp("amfs"), logger=False, enable_progress_bar=False)
+    datamodule = _datamodule(tiny_gpd)
+    engine.fit(model=model, datamodule=datamodule)
+    metrics = engine.test(model=model, datamodule=datamodule)[0]
+    return model, engine, datamodule, metrics
+
+
+def test_engine_trains_and_tests(trained):
+    model, _, _, metrics = trained
+    assert model.model.banks.shape[0] == 21 and model.model.banks.shape[1] > 0
+    assert model.model.reference.shape == (128, 128, 3)
+    assert 0.0 <= metrics["image_AUROC"] <= 1.0 and metrics["pixel_AUROC"] > 0.6
+
+
+def test_maps_come_back_in_the_input_frame(trained, tiny_gpd):
+    model, _, _, _ = trained
+    from anomalib_ext.data.mvtec_like import read_rgb
+
+    image = torch.from_numpy(read_rgb(tiny_gpd / "p001/test/hole/000.jpg")).permute(2, 0, 1).float()[None] / 255
+    image = torch.nn.functional.interpolate(image, size=(128, 128), mode="bilinear", antialias=True)
+    model.eval()
+    out = model.predict_aligned(image)
+    assert out["anomaly_map"].shape == (1, 1, 128, 128)
+    aligned, homographies = model.align_images(image)
+    direct = model.model(aligned).anomaly_map
+    assert not np.allclose(homographies[0], np.eye(3)) or torch.allclose(direct, out["anomaly_map"])
+
+
+def test_eval_forward_exports_with_a_dynamic_batch(trained):
+    model, _, _, _ = trained
+    network = model.model.eval()
+    batch = torch.export.Dim("batch", min=1, max=16)
+    program = torch.export.export(network, (torch.rand(2, 3, 128, 128),), dynamic_shapes=({0: batch},), strict=False)
+    for n in (1, 3):
+        x = torch.rand(n, 3, 128, 128)
+        expected = network(x)
+        got = program.module()(x)
+        assert torch.allclose(got.pred_score, expected.pred_score, atol=1e-4)
+        assert torch.allclose(got.anomaly_map, expected.anomaly_map, atol=1e-4)
+
+
+@pytest.mark.parametrize("scoring", ["max", "mean", "linear"])
+def test_other_scoring_modes_and_no_alignment(tiny_gpd, tmp_path, scoring):
+    from anomalib.engine import Engine
+
+    model = _amfs(scoring=scoring, align=False, levels=2)
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=_datamodule(tiny_gpd))
+    assert model.model.banks.shape[0] == 5
+    scores = model.model(torch.rand(2, 3, 128, 128)).pred_score
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
