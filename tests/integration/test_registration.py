@@ -35,10 +35,18 @@ def test_stock_anomalib_cli_resolves_our_datamodule(data, tmp_path):
     assert expected in result.stdout
 
 
+@pytest.mark.parametrize("model", ["AMFS", "anomalib_ext.models.AMFS"])
+def test_stock_anomalib_cli_resolves_our_model(model):
+    result = _run([ANOMALIB, "train", "--model", model, "--data", "SyntheticGPD", "--print_config"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "class_path: anomalib_ext.models.AMFS" in result.stdout and "levels: 3" in result.stdout
+
+
 def test_anomalib_ext_console_script_is_anomalib_plus_plugin():
     assert ANOMALIB_EXT, "anomalib-ext console script not installed"
-    result = _run([ANOMALIB_EXT, "train", "--model", "Patchcore", "--data", "SyntheticGPD", "--print_config"])
+    result = _run([ANOMALIB_EXT, "train", "--model", "AMFS", "--data", "SyntheticGPD", "--print_config"])
     assert result.returncode == 0, result.stderr[-2000:]
+    assert "class_path: anomalib_ext.models.AMFS" in result.stdout
     assert "class_path: anomalib_ext.data.SyntheticGPD" in result.stdout
     helped = _run([ANOMALIB_EXT, "--help"])
     assert "make-gpd" in helped.stdout and "train" in helped.stdout
@@ -64,5 +72,8 @@ def test_get_datamodule_and_models_after_register(tiny_gpd):
     full = anomalib.data.get_datamodule({"class_path": "anomalib_ext.data.SyntheticGPD", "init_args": {"root": str(tiny_gpd)}})
     assert isinstance(full, SyntheticGPD)
     assert set(registered_names()["data"]) == {"GPD", "SyntheticGPD", "MVTecLikeFolder"}
-    for name in registered_names()["models"]:
-        assert anomalib.models.get_model(name) is not None
+    assert registered_names()["models"] == ["AMFS"]
+    from anomalib_ext.models import AMFS
+
+    assert isinstance(anomalib.models.get_model("AMFS", pre_trained=False), AMFS)
+    assert isinstance(anomalib.models.get_model({"class_path": "anomalib_ext.models.AMFS", "init_args": {"pre_trained": False}}), AMFS)

@@ -93,8 +93,8 @@ class OpenVINOAnomalyInferencer:
             result = self.inferencer.predict(image)
         else:
             result = self._predict_aligned(image)
-        anomaly_map = np.asarray(result.anomaly_map).reshape(np.asarray(result.anomaly_map).shape[-2:]).astype(np.float32)
-        mask = np.asarray(result.pred_mask).reshape(anomaly_map.shape) if result.pred_mask is not None else anomaly_map > 0.5
+        anomaly_map = _squeeze_map(result.anomaly_map).astype(np.float32)
+        mask = _squeeze_map(result.pred_mask) if result.pred_mask is not None else anomaly_map > 0.5
         return Prediction(str(path), float(np.asarray(result.pred_score).ravel()[0]), bool(np.asarray(result.pred_label).ravel()[0]), anomaly_map, mask.astype(bool))
 
     def _predict_aligned(self, image: np.ndarray):
@@ -117,8 +117,11 @@ class OpenVINOAnomalyInferencer:
 
 
 def _squeeze_map(value) -> np.ndarray:
-    array = np.asarray(value)
-    return array.reshape(array.shape[-2:])
+    """One HxW map from anomalib's batch outputs ((1, 1, H, W) maps, (1, H, W, 1) masks)."""
+    array = np.squeeze(np.asarray(value))
+    if array.ndim != 2:
+        raise ValueError(f"Expected one HxW map, got shape {np.asarray(value).shape}")
+    return array
 
 
 def overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray) -> np.ndarray:

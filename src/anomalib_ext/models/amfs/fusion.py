@@ -77,6 +77,19 @@ class ScoreFusion(nn.Module):
         """Train on (N, nb, 1, h, w) maps, (N, nb) scores and (N,) 0/1 labels; returns the loss per epoch."""
         if not self.trainable:
             return []
+        # Lightning may call the memory-bank fit() inside inference mode (on_validation_start).
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._fit(block_maps.clone(), block_scores.clone(), labels.clone(), epochs, lr, batch_size, seed)
+
+    def _fit(self, block_maps, block_scores, labels, epochs, lr, batch_size, seed) -> list[float]:
+        torch.manual_seed(seed)  # the same data and seed give the same F_fusion
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        if self.net is not None:
+            nn.init.zeros_(self.net.block_bias)
+        if self.linear_logits is not None:
+            nn.init.zeros_(self.linear_logits)
         device = self.score_scale.device
         block_maps, block_scores, labels = block_maps.to(device), block_scores.to(device), labels.to(device)
         normal = block_scores[labels == 0]
