@@ -39,7 +39,7 @@ def main() -> None:
     from anomalib_ext.deploy.openvino import run_inference
 
     register()  # offline ImageNet weights for timm, our datamodules by name
-    sizes = {"train_count": 8, "test_good_count": 4, "defects_per_type": 2, "num_categories": 1, "image_size": 256} if args.small else {}
+    sizes = {"train_count": 8, "test_good_count": 4, "defects_per_type": 2, "num_categories": 1, "generated_size": 256} if args.small else {}
     datamodule = SyntheticGPD(
         root=args.data_root, category=args.category, train_batch_size=8, eval_batch_size=8,
         num_workers=args.num_workers, **sizes,

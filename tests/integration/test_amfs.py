@@ -8,7 +8,7 @@ import torch
 def _datamodule(root, **kwargs):
     from anomalib_ext.data import SyntheticGPD
 
-    return SyntheticGPD(root=root, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2,
+    return SyntheticGPD(root=root, num_categories=1, generated_size=128, train_count=6, test_good_count=3, defects_per_type=2,
                         train_batch_size=4, eval_batch_size=4, num_workers=0, **kwargs)
 
 

@@ -77,3 +77,38 @@ def test_get_datamodule_and_models_after_register(tiny_gpd):
 
     assert isinstance(anomalib.models.get_model("AMFS", pre_trained=False), AMFS)
     assert isinstance(anomalib.models.get_model({"class_path": "anomalib_ext.models.AMFS", "init_args": {"pre_trained": False}}), AMFS)
+
+
+@pytest.mark.slow
+def test_anomalib_benchmark_mixes_amfs_with_patchcore(tiny_gpd, tmp_path):
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"""
+accelerator: [cpu]
+benchmark:
+  seed: 42
+  model:
+    class_path:
+      grid: [Patchcore, AMFS]
+    init_args:
+      backbone: tf_efficientnet_lite0
+      layers: [blocks.2, blocks.4]
+      coreset_sampling_ratio: 0.1
+  data:
+    class_path: SyntheticGPD
+    init_args:
+      root: {tiny_gpd}
+      num_categories: 1
+      generated_size: 128
+      train_count: 6
+      test_good_count: 3
+      defects_per_type: 2
+      num_workers: 0
+""")
+    result = _run([ANOMALIB, "benchmark", "--config", str(config)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    import pandas as pd
+
+    csv = next(tmp_path.glob("runs/benchmark/*/results.csv"))
+    table = pd.read_csv(csv)
+    assert sorted(table["model.class_path"].str.split(".").str[-1]) == ["AMFS", "Patchcore"]
+    assert table["image_AUROC"].between(0, 1).all()

@@ -47,7 +47,7 @@ def test_letter_defects_are_semantic():
 
 
 def test_datamodule_subsets_and_seen_anomalies(tiny_gpd):
-    dm = SyntheticGPD(root=tiny_gpd, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2,
+    dm = SyntheticGPD(root=tiny_gpd, num_categories=1, generated_size=128, train_count=6, test_good_count=3, defects_per_type=2,
                       defect_types=["letter"], num_workers=0)
     dm.setup()
     test = dm.test_data.samples
@@ -55,7 +55,7 @@ def test_datamodule_subsets_and_seen_anomalies(tiny_gpd):
     item = dm.test_data[int(np.flatnonzero(test.label == "letter")[0])]
     assert item.gt_mask.shape == item.image.shape[-2:] and item.gt_mask.any() and item.gt_label == 1
 
-    seen = SyntheticGPD(root=tiny_gpd, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2,
+    seen = SyntheticGPD(root=tiny_gpd, num_categories=1, generated_size=128, train_count=6, test_good_count=3, defects_per_type=2,
                         seen_anomalies=8, num_workers=0)
     seen.setup()
     train = seen.train_data.samples

@@ -91,9 +91,11 @@ def generate_dataset(
         raise ValueError(f"Unknown defect types {sorted(unknown)}; choose from {DEFECT_TYPES}")
     marker = root / COMPLETE_MARKER
     if marker.is_file() and not overwrite:
-        if json.loads(marker.read_text()) == settings:
+        if json.loads(marker.read_text()) == settings:  # noqa: SIM102
             return root
-        msg = f"{root} holds a SyntheticGPD made with other settings ({marker}); pass overwrite=True or another root."
+        existing = json.loads(marker.read_text())
+        changed = {k: (existing.get(k), v) for k, v in settings.items() if existing.get(k) != v}
+        msg = f"{root} holds a SyntheticGPD made with other settings {changed} (found, asked); pass overwrite=True or another root."
         raise FileExistsError(msg)
     if root.exists() and any(root.iterdir()) and not marker.is_file() and not overwrite:
         raise FileExistsError(f"{root} exists and is not a SyntheticGPD folder; choose an empty or new folder.")
@@ -126,8 +128,10 @@ class SyntheticGPD(MVTecLikeFolder):
     Args:
         root: where the data live; ``None`` = a folder in the user cache keyed by the settings.
         category: ``p001`` … (one, a list, or ``None`` for all).
-        num_categories, image_size, train_count, test_good_count, defects_per_type, generator_seed:
+        num_categories, generated_size, train_count, test_good_count, defects_per_type, generator_seed:
             generator settings (GPD has ~40 training images per category; defaults mirror that).
+            ``generated_size`` is the side of the written images (anomalib reserves ``image_size``
+            in configs for the model input size and turns it into a tuple).
         Other arguments: see :class:`MVTecLikeFolder` (defect_types / max_defect_area subsets,
         seen_anomalies, batch sizes, split modes).
     """
@@ -137,7 +141,7 @@ class SyntheticGPD(MVTecLikeFolder):
         root: str | Path | None = None,
         category: str | list[str] | None = "p001",
         num_categories: int = 4,
-        image_size: int = 512,
+        generated_size: int = 512,
         train_count: int = 40,
         test_good_count: int = 16,
         defects_per_type: int = 6,
@@ -145,7 +149,7 @@ class SyntheticGPD(MVTecLikeFolder):
         **kwargs,
     ) -> None:
         self.generator_settings = {
-            "num_categories": num_categories, "image_size": image_size, "train_count": train_count,
+            "num_categories": num_categories, "image_size": generated_size, "train_count": train_count,
             "test_good_count": test_good_count, "defects_per_type": defects_per_type, "seed": generator_seed,
         }
         super().__init__(root=root or default_root(**self.generator_settings), category=category, **kwargs)
