@@ -84,3 +84,24 @@ def coverage_radius(features: torch.Tensor, coreset: torch.Tensor, chunk: int = 
         block = features[start : start + chunk].float()
         worst = max(worst, float(torch.cdist(block, coreset.float()).min(dim=1).values.max()))
     return worst
+
+
+class FastKCenterGreedy:
+    """Drop-in for anomalib's ``KCenterGreedy(embedding, sampling_ratio)`` backed by our selection."""
+
+    def __init__(self, embedding: torch.Tensor, sampling_ratio: float) -> None:
+        self.embedding = embedding
+        self.sampling_ratio = sampling_ratio
+
+    def select_coreset_idxs(self) -> list[int]:
+        return greedy_coreset_indices(self.embedding, self.sampling_ratio).tolist()
+
+    def sample_coreset(self) -> torch.Tensor:
+        return self.embedding[greedy_coreset_indices(self.embedding, self.sampling_ratio)]
+
+
+def use_fast_coreset() -> None:
+    """Make anomalib's Patchcore select its coreset with :class:`FastKCenterGreedy` (same greedy k-center)."""
+    from anomalib.models.image.patchcore import torch_model
+
+    torch_model.KCenterGreedy = FastKCenterGreedy

@@ -1,0 +1,108 @@
+"""Latency at batch 1 on CPU: torch eager vs OpenVINO for AMFS (alignment included) and Patchcore.
+
+Trains each model on SyntheticGPD ``p001`` at ``--size``, exports it to OpenVINO, and times on test
+images: host alignment (AMFS), torch eager forward (pre-processor -> model -> post-processor), and
+the OpenVINO IR (``CPU`` device), each the median of ``--repeats`` runs after 3 warm-ups. Peak RSS of
+the process is reported at the end.
+
+    python tools/bench_latency.py --size 512 --out results/latency
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def median_ms(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("results/latency"))
+    parser.add_argument("--models", nargs="+", default=["amfs", "patchcore"])
+    args = parser.parse_args()
+
+    import openvino as ov
+    from anomalib.deploy import ExportType
+    from anomalib.engine import Engine
+    from anomalib.models import Patchcore
+
+    from anomalib_ext import register
+    from anomalib_ext.components import use_fast_coreset
+    from anomalib_ext.data import SyntheticGPD
+    from anomalib_ext.data.mvtec_like import read_rgb
+    from anomalib_ext.models import AMFS
+
+    register()
+    use_fast_coreset()
+    size = (args.size, args.size)
+    results = {"threads": torch.get_num_threads(), "size": args.size}
+    for name in args.models:
+        if name == "amfs":
+            model = AMFS(pre_processor=AMFS.configure_pre_processor(size))
+        else:
+            model = Patchcore(backbone="tf_efficientnet_lite2", layers=["blocks.2", "blocks.4"], coreset_sampling_ratio=0.01,
+                              pre_processor=Patchcore.configure_pre_processor(size))
+        data = SyntheticGPD(category="p001", num_workers=2, train_batch_size=8, eval_batch_size=8)
+        engine = Engine(default_root_dir=args.out / name, logger=False, enable_progress_bar=False)
+        start = time.perf_counter()
+        engine.fit(model=model, datamodule=data)
+        fit_s = time.perf_counter() - start
+        onnx_kwargs = {"dynamic_shapes": None} if name == "patchcore" else None
+        xml = engine.export(model=model, export_type=ExportType.OPENVINO, export_root=args.out / name, input_size=size, onnx_kwargs=onnx_kwargs)
+        compiled = ov.Core().compile_model(str(xml), "CPU")
+        precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+        path = sorted(Path(data.root, "p001", "test", "letter").glob("*.jpg"))[0]
+        image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float()[None] / 255
+        image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True)
+        model.eval()
+        row = {"fit_s": round(fit_s, 1), "openvino_precision": str(precision)}
+        if name == "amfs":
+            row["align_ms"] = median_ms(lambda: model.align_images(image), args.repeats)
+            aligned, homographies = model.align_images(image)
+            with torch.no_grad():
+                row["torch_model_ms"] = median_ms(lambda: model(aligned), args.repeats)
+                row["torch_end_to_end_ms"] = median_ms(lambda: model.predict_aligned(image), args.repeats)
+            array = aligned.numpy()
+            row["openvino_ir_ms"] = median_ms(lambda: compiled(array), args.repeats)
+            from anomalib_ext.models.amfs.alignment import BatchAligner
+
+            def ov_end_to_end():
+                a, h = model.align_images(image)
+                out = compiled(a.numpy())
+                BatchAligner.warp_back(torch.from_numpy(out["anomaly_map"] if "anomaly_map" in out else list(out.values())[2]), h)
+
+            row["openvino_end_to_end_ms"] = median_ms(ov_end_to_end, args.repeats)
+        else:
+            with torch.no_grad():
+                row["torch_model_ms"] = median_ms(lambda: model(image), args.repeats)
+            array = image.numpy()
+            row["openvino_ir_ms"] = median_ms(lambda: compiled(array), args.repeats)
+        results[name] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in row.items()}
+        print(json.dumps({name: results[name]}), flush=True)
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latency.json").write_text(json.dumps(results, indent=1))
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
