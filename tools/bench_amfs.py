@@ -32,6 +32,7 @@ RUNS = {
     "amfs_mean": ("amfs", {"scoring": "mean"}),
     "amfs_linear": ("amfs", {"scoring": "linear"}),
     "amfs_first_ref": ("amfs", {"reference": "first"}),
+    "amfs_cs10": ("amfs", {"coreset_sampling_ratio": 0.1}),
 }
 SUBSETS = {"full": {}, "letter": {"defect_types": ["letter"]}, "small": {"max_defect_area": 0.01}}
 
