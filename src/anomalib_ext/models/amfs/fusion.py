@@ -112,7 +112,7 @@ class ScoreFusion(nn.Module):
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
-                total += float(loss) * len(idx)
+                total += float(loss.detach()) * len(idx)
             losses.append(total / len(order))
         self.eval()
         logger.info("F_fusion (%s) trained: loss %.4f -> %.4f", self.mode, losses[0], losses[-1])

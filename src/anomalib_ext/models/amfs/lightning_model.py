@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from anomalib.models.components import AnomalibModule, MemoryBankMixin
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
@@ -124,7 +126,14 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
     def fit(self) -> None:
-        """Reference -> alignment -> per-block coresets -> F_fusion."""
+        """Reference -> alignment -> per-block coresets -> F_fusion (seeded, global RNG state restored)."""
+        with isolate_rng():
+            random.seed(self.seed)
+            np.random.seed(self.seed)  # noqa: NPY002 - anomalib's synthesis draws from the global RNGs
+            torch.manual_seed(self.seed)
+            self._fit()
+
+    def _fit(self) -> None:
         images = self._train_images
         if len(images) < 3:
             raise ValueError(f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}.")
