@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import logging
 
-import cv2
 import numpy as np
 import torch
 
-from anomalib_ext.transforms.align import ORBSettings, ReferenceFeatures, estimate_homography
+from anomalib_ext.transforms.align import ORBSettings, ReferenceFeatures, estimate_homography, warp_tensor
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +62,7 @@ class BatchAligner:
                 self.failures += 1
                 if self.failures == 1:
                     logger.warning("AMFS alignment fell back to identity: %s (counted in .failures)", result.reason)
-            float_image = image.detach().cpu().permute(1, 2, 0).numpy()
-            warped = cv2.warpPerspective(float_image, result.homography, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            aligned.append(torch.from_numpy(np.ascontiguousarray(warped)).permute(2, 0, 1))
+            aligned.append(warp_tensor(image, result.homography, (h, w)))
             homographies.append(result.homography)
             oks.append(result.ok)
         return torch.stack(aligned).to(images.device, images.dtype), np.stack(homographies), oks
@@ -73,9 +70,6 @@ class BatchAligner:
     @staticmethod
     def warp_back(maps: torch.Tensor, homographies: np.ndarray) -> torch.Tensor:
         """(B, 1, H, W) maps in the reference frame -> the input frame (inverse homographies)."""
-        h, w = maps.shape[-2:]
-        out = []
-        for single, homography in zip(maps.detach().cpu().numpy(), homographies, strict=True):
-            back = cv2.warpPerspective(single[0], np.linalg.inv(homography), (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            out.append(torch.from_numpy(back)[None])
-        return torch.stack(out).to(maps.device, maps.dtype)
+        size = tuple(maps.shape[-2:])
+        back = [warp_tensor(m, np.linalg.inv(homography), size) for m, homography in zip(maps, homographies, strict=True)]
+        return torch.stack(back).to(maps.device, maps.dtype)
