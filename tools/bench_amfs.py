@@ -33,6 +33,7 @@ RUNS = {
     "amfs_linear": ("amfs", {"scoring": "linear"}),
     "amfs_first_ref": ("amfs", {"reference": "first"}),
     "amfs_cs10": ("amfs", {"coreset_sampling_ratio": 0.1}),
+    "amfs_holdout_out": ("amfs", {"holdout_to_banks": False}),
 }
 SUBSETS = {"full": {}, "letter": {"defect_types": ["letter"]}, "small": {"max_defect_area": 0.01}}
 
@@ -42,8 +43,9 @@ def evaluator():
 
     return Evaluator(test_metrics=[
         AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_"),
+        # strict=False: sets with image labels only (bottle) report image metrics and skip pixel ones.
+        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
     ])
 
 
@@ -109,7 +111,7 @@ def main() -> None:
                 subset_data = data if subset == "full" else make_data(args, category, SUBSETS[subset])
                 metrics = engine.test(model=model, datamodule=subset_data, verbose=False)[0]
                 row = {"run": run, "category": category, "subset": subset, "fit_s": round(fit_s, 1),
-                       **{k: round(float(v), 4) for k, v in metrics.items()}}
+                       **{k: round(float(v), 4) for k, v in metrics.items() if v is not None}}
                 if kind == "amfs" and model.align and model._aligner is not None:  # noqa: SLF001
                     row["align_fallbacks"] = f"{model._aligner.failures}/{model._aligner.total}"  # noqa: SLF001
                 rows.append(row)

@@ -35,6 +35,9 @@ def trained(tiny_gpd, tmp_path_factory):
 def test_engine_trains_and_tests(trained):
     model, _, _, metrics = trained
     assert model.model.banks.shape[0] == 21 and model.model.banks.shape[1] > 0
+    # holdout_to_banks: after F_fusion, the banks hold a coreset of all 5 non-reference images.
+    patches = model.model.embed(torch.rand(1, 3, 128, 128))[0].shape[2]
+    assert model.model.banks.shape[1] == int(5 * patches * 0.1)
     assert model.model.reference.shape == (128, 128, 3)
     assert 0.0 <= metrics["image_AUROC"] <= 1.0 and metrics["pixel_AUROC"] > 0.6
 

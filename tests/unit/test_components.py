@@ -84,3 +84,19 @@ def test_perlin_generator_from_textures(shared_data):
     image = torch.rand(3, 64, 64)
     out, mask = generator(image)
     assert out.shape == image.shape and mask.shape[-2:] == (64, 64) and mask.sum() > 0
+
+
+def test_separable_blur_equals_anomalib_gaussian_blur():
+    from anomalib.models.components.filters import GaussianBlur2d
+
+    from anomalib_ext.components.blur import SeparableGaussianBlur
+
+    torch.manual_seed(0)
+    maps = torch.rand(2, 1, 96, 80)
+    for sigma in (0.5, 4.0):
+        size = 2 * int(4.0 * sigma + 0.5) + 1
+        expected = GaussianBlur2d(sigma=sigma, channels=1, kernel_size=size)(maps)
+        assert torch.allclose(SeparableGaussianBlur(sigma)(maps), expected, atol=1e-5)
+    tiny = torch.rand(1, 1, 8, 8)  # smaller than the kernel: still a blur that keeps the mean level
+    out = SeparableGaussianBlur(4.0)(tiny)
+    assert out.shape == tiny.shape and out.std() < tiny.std()

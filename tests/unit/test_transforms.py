@@ -1,9 +1,11 @@
 import cv2
 import numpy as np
+import pytest
 import torch
 from torchvision import tv_tensors
 
 from anomalib_ext.transforms import ORBAlign, PyramidBlocks, ReferenceFeatures, estimate_homography, num_blocks
+from anomalib_ext.transforms.align import ORBSettings, to_gray_uint8, warp_tensor
 
 
 def _textured(size=512):
@@ -21,9 +23,16 @@ def _random_pose(rng, size):
     return h
 
 
-def test_orb_recovers_known_transforms_within_2px():
+@pytest.mark.parametrize(("settings", "mean_px", "max_px"), [
+    (ORBSettings(), 2.0, 2.5),
+    # Detection on a half-size image: points are scaled back, the homography is in full-size pixels.
+    (ORBSettings(detect_scale=0.5), 3.0, 5.0),
+    (ORBSettings(pyramid_levels=4), 2.0, 2.5),
+])
+def test_orb_recovers_known_transforms(settings, mean_px, max_px):
     image, size = _textured(), 512
-    reference = ReferenceFeatures(image)
+    reference = ReferenceFeatures(image, settings)
+    assert reference.shape == (size, size)
     rng = np.random.default_rng(0)
     corners = np.float32([[0, 0], [size, 0], [size, size], [0, size]]).reshape(-1, 1, 2)
     errors = []
@@ -34,7 +43,7 @@ def test_orb_recovers_known_transforms_within_2px():
         assert result.ok, result.reason
         back = cv2.perspectiveTransform(cv2.perspectiveTransform(corners, pose), result.homography)
         errors.append(np.linalg.norm(back - corners, axis=-1).mean())
-    assert np.mean(errors) < 2.0 and np.max(errors) < 2.5
+    assert np.mean(errors) < mean_px and np.max(errors) < max_px
 
 
 def test_transform_warps_image_and_mask_together():
@@ -51,6 +60,21 @@ def test_transform_warps_image_and_mask_together():
     assert set(aligned_mask.unique().tolist()) <= {0, 1}  # nearest: still binary
     assert (aligned_mask.bool() & mask.bool()).sum() > 0.8 * mask.sum()
     assert (aligned - tensor).abs()[:, 30:-30, 30:-30].mean() < 0.05
+
+
+def test_fast_float_paths_match_the_uint8_opencv_paths():
+    image = _textured(256)
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    reference_gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(int)
+    assert np.abs(to_gray_uint8(tensor).astype(int) - reference_gray).max() <= 1
+    pose = np.array([[0.98, -0.05, 7.0], [0.05, 0.98, -4.0], [1e-5, 0, 1]])
+    warped = warp_tensor(tensor, pose, (256, 256))
+    expected = cv2.warpPerspective(image.astype(np.float32) / 255, pose, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    assert warped.shape == (3, 256, 256) and warped.is_contiguous()
+    assert np.allclose(warped.permute(1, 2, 0).numpy(), expected, atol=1e-5)
+    mask = torch.zeros(1, 256, 256, dtype=torch.uint8)
+    mask[0, 100:140, 90:130] = 1
+    assert warp_tensor(mask, pose, (256, 256), nearest=True).shape == (1, 256, 256)
 
 
 def test_blank_image_falls_back_to_identity():

@@ -210,8 +210,8 @@ def render_design(design: PrintDesign, rng: np.random.Generator, defect: str | N
     return image, mask
 
 
-def photograph(image: np.ndarray, mask: np.ndarray, design: PrintDesign, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Warp by a random pose (rotation, scale, shift, slight perspective), vary the light, add noise."""
+def random_pose(design: PrintDesign, rng: np.random.Generator) -> np.ndarray:
+    """The homography (design frame -> photo) of a random pose: rotation, scale, shift, slight perspective."""
     s = design.size
     j = design.photo_jitter
     angle = np.deg2rad(rng.uniform(-8, 8) * j)
@@ -223,7 +223,13 @@ def photograph(image: np.ndarray, mask: np.ndarray, design: PrintDesign, rng: np
     similarity[:2, 2] = centre + shift - similarity[:2, :2] @ centre
     perspective = np.eye(3)
     perspective[2, :2] = rng.uniform(-0.12, 0.12, 2) * j / s
-    homography = similarity @ perspective
+    return similarity @ perspective
+
+
+def photograph(image: np.ndarray, mask: np.ndarray, design: PrintDesign, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Warp by a random pose (:func:`random_pose`), vary the light, add noise."""
+    s = design.size
+    homography = random_pose(design, rng)
     warped = cv2.warpPerspective(image.astype(np.float32), homography, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
     warped_mask = cv2.warpPerspective(mask.astype(np.uint8), homography, (s, s), flags=cv2.INTER_NEAREST, borderValue=0) > 0
     y, x = np.mgrid[0:s, 0:s].astype(np.float32) / s

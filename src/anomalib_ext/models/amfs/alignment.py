@@ -52,11 +52,10 @@ class BatchAligner:
         """Aligned images (same size), homographies (B, 3, 3) input->reference, success flags."""
         h, w = images.shape[-2:]
         aligned, homographies, oks = [], [], []
+        if (h, w) != tuple(self.reference.shape):
+            raise ValueError(f"Image size {(h, w)} differs from the reference {tuple(self.reference.shape)}; resize first.")
         for image in images:
-            array = to_uint8_hwc(image)
-            if array.shape[:2] != self.reference.shape:
-                raise ValueError(f"Image size {array.shape[:2]} differs from the reference {self.reference.shape}; resize first.")
-            result = estimate_homography(array, self.reference)
+            result = estimate_homography(image, self.reference)
             self.total += 1
             if not result.ok:
                 self.failures += 1

@@ -52,6 +52,9 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         orb_features / orb_keep_fraction: ORB settings of the alignment.
         fusion_holdout: fraction of training images kept out of the banks to train F_fusion on (images
             that are in the banks score ~0 and would teach the fusion nothing).
+        fusion_max_images: at most this many held-out images (F_fusion is small; more only costs time).
+        holdout_to_banks: after F_fusion is trained, rebuild the banks from every training image but the
+            reference, so the held-out images are not lost to the banks.
         fusion_samples_per_image: synthetic anomalies and augmented normals made per held-out image.
         fusion_epochs: F_fusion training epochs.
         texture_dir: textures for DRAEM-style anomalies (e.g. DTD); ``None`` = anomalib's noise textures.
@@ -73,6 +76,8 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         orb_features: int = 500,
         orb_keep_fraction: float = 0.15,
         fusion_holdout: float = 0.2,
+        fusion_max_images: int = 32,
+        holdout_to_banks: bool = True,
         fusion_samples_per_image: int = 8,
         fusion_epochs: int = 60,
         texture_dir: str | None = None,
@@ -89,6 +94,8 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         self.reference_mode = reference
         self.orb_settings = ORBSettings(n_features=orb_features, keep_fraction=orb_keep_fraction)
         self.fusion_holdout = fusion_holdout
+        self.fusion_max_images = fusion_max_images
+        self.holdout_to_banks = holdout_to_banks
         self.fusion_samples_per_image = fusion_samples_per_image
         self.fusion_epochs = fusion_epochs
         self.texture_dir = texture_dir
@@ -143,19 +150,25 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         rest = [img for i, img in enumerate(images) if i != ref_index]
         rng = np.random.default_rng(self.seed)
         n_holdout = int(round(len(rest) * self.fusion_holdout)) if self.model.fusion.trainable else 0
-        n_holdout = min(max(n_holdout, 1 if self.model.fusion.trainable else 0), len(rest) - 1)
+        n_holdout = min(max(n_holdout, 1 if self.model.fusion.trainable else 0), len(rest) - 1, self.fusion_max_images)
         order = rng.permutation(len(rest))
         holdout = [rest[i] for i in order[:n_holdout]]
         bank_images = [rest[i] for i in order[n_holdout:]]
-        aligned_bank = self._aligned_float(bank_images)
-        embeddings = torch.cat([self.model.embed(chunk)[0] for chunk in aligned_bank.split(8)])
+        embeddings = self._embed_all(self._aligned_float(bank_images))
         self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
-        logger.info("AMFS banks: %d blocks x %d features (from %d images)", *self.model.banks.shape[:2], len(bank_images))
         if holdout:
             aligned_holdout = self._aligned_float(holdout)
             maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed)
             self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
+            if self.holdout_to_banks:
+                embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])
+                self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
+                bank_images = rest
+        logger.info("AMFS banks: %d blocks x %d features (from %d images)", *self.model.banks.shape[:2], len(bank_images))
         self._train_images = []
+
+    def _embed_all(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model.embed(chunk)[0] for chunk in images.split(8)])
 
     def _aligned_float(self, images: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(images).to(self.device).float().div(255)  # (N, 3, H, W) in [0, 1]

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from anomalib.data import InferenceBatch
 from anomalib.models.components import DynamicBufferMixin
-from anomalib.models.components.filters import GaussianBlur2d
 from torch import nn
 
 from anomalib_ext.backbones import create_feature_extractor
+from anomalib_ext.components.blur import SeparableGaussianBlur
 from anomalib_ext.components.coreset import greedy_coreset_indices
 from anomalib_ext.models.amfs.fusion import ScoreFusion
 from anomalib_ext.transforms.pyramid import PyramidBlocks
@@ -59,7 +59,8 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         self.pyramid = PyramidBlocks(levels)
         self.num_neighbors = num_neighbors
         self.fusion = ScoreFusion(self.pyramid.num_blocks, scoring)
-        self.blur = GaussianBlur2d(sigma=blur_sigma, channels=1, kernel_size=2 * int(4.0 * blur_sigma + 0.5) + 1)
+        # Same kernel as anomalib's GaussianBlur2d (PatchCore's sigma = 4), applied as two 1-D passes.
+        self.blur = SeparableGaussianBlur(blur_sigma)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         self.register_buffer("banks", torch.empty(0))  # (num_blocks, M, D)

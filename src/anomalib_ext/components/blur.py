@@ -1,0 +1,46 @@
+"""Separable Gaussian blur: the same result as anomalib's ``GaussianBlur2d``, a fraction of the cost.
+
+A Gaussian kernel is the outer product of two 1-D kernels, so a k x k convolution equals a k x 1 pass
+followed by a 1 x k pass. At sigma = 4 (k = 33) on a 512 x 512 map that is 66 instead of 1,089
+multiply-adds per pixel; in OpenVINO on a 2-core CPU the 2-D blur alone took ~70 ms of AMFS's graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+def gaussian_kernel1d(sigma: float, kernel_size: int | None = None) -> torch.Tensor:
+    """Normalised 1-D Gaussian; default size 2 * int(4 * sigma + 0.5) + 1 as in anomalib."""
+    size = kernel_size or 2 * int(4.0 * sigma + 0.5) + 1
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    kernel = torch.exp(-(x**2) / (2 * sigma**2))
+    return (kernel / kernel.sum()).float()
+
+
+class SeparableGaussianBlur(nn.Module):
+    """Gaussian blur of (B, C, H, W) maps with reflect padding ('same' size output).
+
+    Args:
+        sigma: standard deviation in pixels.
+        kernel_size: odd kernel length (default from sigma, as anomalib's ``compute_kernel_size``).
+    """
+
+    def __init__(self, sigma: float, kernel_size: int | None = None) -> None:
+        super().__init__()
+        kernel = gaussian_kernel1d(sigma, kernel_size)
+        self.radius = (len(kernel) - 1) // 2
+        self.register_buffer("kernel", kernel, persistent=False)
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = maps.shape
+        x = maps.reshape(b * c, 1, h, w)
+        # Reflect padding needs the pad smaller than the map; clamp for tiny maps (tests, coarse levels).
+        ry, rx = min(self.radius, h - 1), min(self.radius, w - 1)
+        ky = self.kernel[self.radius - ry : self.radius + ry + 1] if ry < self.radius else self.kernel
+        kx = self.kernel[self.radius - rx : self.radius + rx + 1] if rx < self.radius else self.kernel
+        x = F.conv2d(F.pad(x, (0, 0, ry, ry), mode="reflect"), (ky / ky.sum()).view(1, 1, -1, 1))
+        x = F.conv2d(F.pad(x, (rx, rx, 0, 0), mode="reflect"), (kx / kx.sum()).view(1, 1, 1, -1))
+        return x.reshape(b, c, h, w)
