@@ -34,6 +34,7 @@ RUNS = {
     "amfs_first_ref": ("amfs", {"reference": "first"}),
     "amfs_cs10": ("amfs", {"coreset_sampling_ratio": 0.1}),
     "amfs_holdout_out": ("amfs", {"holdout_to_banks": False}),
+    "amfs_edge_fill": ("amfs", {"fill_from_reference": False}),
 }
 SUBSETS = {"full": {}, "letter": {"defect_types": ["letter"]}, "small": {"max_defect_area": 0.01}}
 

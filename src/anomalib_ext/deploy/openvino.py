@@ -85,7 +85,7 @@ class OpenVINOAnomalyInferencer:
                 reference = read_rgb(self.xml.parent / metadata["reference"])
                 fields = {f.name for f in dataclasses.fields(ORBSettings)}
                 settings = ORBSettings(**{k: v for k, v in metadata["orb"].items() if k in fields})
-                self.aligner = BatchAligner(reference, settings)
+                self.aligner = BatchAligner(reference, settings, metadata.get("fill_from_reference", False))
 
     def predict(self, path: str | Path) -> Prediction:
         image = read_rgb(path).astype(np.float32) / 255  # clear error for unreadable files

@@ -164,13 +164,22 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     return AlignmentResult(homography / homography[2, 2], True, inliers)
 
 
-def warp_tensor(tensor: torch.Tensor, homography: np.ndarray, size: tuple[int, int], nearest: bool = False) -> torch.Tensor:
-    """Warp a CxHxW (or HxW) tensor by a homography into an output of ``size`` (H, W)."""
+def warp_tensor(tensor: torch.Tensor, homography: np.ndarray, size: tuple[int, int], nearest: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Warp a CxHxW (or HxW) tensor by a homography into an output of ``size`` (H, W).
+
+    Output pixels that map outside the input are: the edge pixels repeated (images), zero (``nearest``,
+    masks), or — with ``fill``, a tensor of the output's shape — taken from ``fill``.
+    """
     source = tensor.detach().cpu()
     channels_first = source.ndim == 3
     array = _planes_to_hwc(source) if channels_first else source.contiguous().numpy()
     flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
-    warped = cv2.warpPerspective(array, homography, (size[1], size[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE if not nearest else cv2.BORDER_CONSTANT)
+    if fill is not None:
+        # BORDER_TRANSPARENT leaves the destination where the source has no pixels: one pass, no mask.
+        destination = _planes_to_hwc(fill.detach().cpu().to(source.dtype)) if channels_first else fill.detach().cpu().to(source.dtype).numpy().copy()
+        warped = cv2.warpPerspective(array, homography, (size[1], size[0]), dst=destination, flags=flags, borderMode=cv2.BORDER_TRANSPARENT)
+    else:
+        warped = cv2.warpPerspective(array, homography, (size[1], size[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE if not nearest else cv2.BORDER_CONSTANT)
     if not channels_first:
         return torch.from_numpy(warped).to(tensor.dtype)
     result = torch.from_numpy(warped[..., None] if warped.ndim == 2 else warped)

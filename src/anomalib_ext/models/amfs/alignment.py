@@ -43,8 +43,11 @@ def choose_reference(images: list[torch.Tensor], mode: str, settings: ORBSetting
 class BatchAligner:
     """Aligns (B, 3, H, W) batches in [0, 1] to a reference image and warps maps back."""
 
-    def __init__(self, reference: np.ndarray, settings: ORBSettings) -> None:
+    def __init__(self, reference: np.ndarray, settings: ORBSettings, fill_from_reference: bool = True) -> None:
         self.reference = ReferenceFeatures(reference, settings)
+        # Where the warped input has no pixels (outside its borders) the reference fills in: a normal
+        # view of that spot, instead of smeared edge pixels that every k-NN bank would call anomalous.
+        self.fill = torch.from_numpy(np.ascontiguousarray(reference)).permute(2, 0, 1).float().div(255) if fill_from_reference else None
         self.failures = 0
         self.total = 0
 
@@ -61,7 +64,8 @@ class BatchAligner:
                 self.failures += 1
                 if self.failures == 1:
                     logger.warning("AMFS alignment fell back to identity: %s (counted in .failures)", result.reason)
-            aligned.append(warp_tensor(image, result.homography, (h, w)))
+            fill = self.fill.to(image.dtype) if self.fill is not None and image.dtype.is_floating_point else None
+            aligned.append(warp_tensor(image, result.homography, (h, w), fill=fill) if result.ok else image.cpu())
             homographies.append(result.homography)
             oks.append(result.ok)
         return torch.stack(aligned).to(images.device, images.dtype), np.stack(homographies), oks

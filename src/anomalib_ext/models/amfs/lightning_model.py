@@ -49,6 +49,8 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         scoring: ``fusion`` (F_fusion, paper), ``linear`` (learned weights), ``max`` or ``mean``.
         align: I-RA on/off.
         reference: ``best`` (the training image others align to with most inliers) or ``first``.
+        fill_from_reference: where an aligned image has no pixels (outside the photo's borders), show the
+            reference there (default) instead of repeating the edge pixels.
         orb_features / orb_keep_fraction: ORB settings of the alignment.
         fusion_holdout: fraction of training images kept out of the banks to train F_fusion on (images
             that are in the banks score ~0 and would teach the fusion nothing).
@@ -73,6 +75,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         scoring: str = "fusion",
         align: bool = True,
         reference: str = "best",
+        fill_from_reference: bool = True,
         orb_features: int = 500,
         orb_keep_fraction: float = 0.15,
         fusion_holdout: float = 0.2,
@@ -92,6 +95,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.align = align
         self.reference_mode = reference
+        self.fill_from_reference = fill_from_reference
         self.orb_settings = ORBSettings(n_features=orb_features, keep_fraction=orb_keep_fraction)
         self.fusion_holdout = fusion_holdout
         self.fusion_max_images = fusion_max_images
@@ -180,7 +184,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         if self._aligner is None:
             if self.model.reference.numel() == 0:
                 raise RuntimeError("AMFS has no reference image yet: train it (or load a trained checkpoint) first.")
-            self._aligner = BatchAligner(self.model.reference.cpu().numpy(), self.orb_settings)
+            self._aligner = BatchAligner(self.model.reference.cpu().numpy(), self.orb_settings, self.fill_from_reference)
         return self._aligner
 
     def align_images(self, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
@@ -223,6 +227,7 @@ def _write_host_metadata(model: AMFS, model_path: Path) -> None:
         "anomalib_ext_version": __import__("anomalib_ext").__version__,
         "input_size": list(reference.shape[:2]),
         "align": model.align,
+        "fill_from_reference": model.fill_from_reference,
         "reference": "amfs_reference.png",
         "orb": dataclasses.asdict(model.orb_settings),
     }
