@@ -31,6 +31,7 @@ RUNS = {
     "amfs_max": ("amfs", {"scoring": "max"}),
     "amfs_mean": ("amfs", {"scoring": "mean"}),
     "amfs_linear": ("amfs", {"scoring": "linear"}),
+    "amfs_softmax": ("amfs", {"scoring": "fusion_softmax"}),
     "amfs_first_ref": ("amfs", {"reference": "first"}),
     "amfs_cs10": ("amfs", {"coreset_sampling_ratio": 0.1}),
     "amfs_holdout_out": ("amfs", {"holdout_to_banks": False}),

@@ -69,7 +69,7 @@ def test_eval_forward_exports_with_a_dynamic_batch(trained):
         assert torch.allclose(got.anomaly_map, expected.anomaly_map, atol=1e-4)
 
 
-@pytest.mark.parametrize("scoring", ["max", "mean", "linear"])
+@pytest.mark.parametrize("scoring", ["max", "mean", "linear", "fusion_softmax"])
 def test_other_scoring_modes_and_no_alignment(tiny_gpd, tmp_path, scoring):
     from anomalib.engine import Engine
 

@@ -1,8 +1,11 @@
 """F_fusion: block anomaly maps -> block weights w_ij; image score s = sum_ij w_ij s_ij (AMFS Eq. 2).
 
 A small AlexNet-like CNN reads each block map m_ij and outputs a logit; a learned per-block bias lets
-positions and pyramid levels differ; a softmax over the blocks turns logits into weights, so ``s`` stays
-a weighted mean of block scores (a plain rescaling of all weights cannot "improve" the loss).
+positions and pyramid levels differ. As in the paper, w_ij = F_fusion(m_ij) depends on its own block
+only: a sigmoid bounds it to (0, 1), so a block the CNN deems normal adds ~nothing to ``s`` however many
+blocks there are (``fusion``). The ablation ``fusion_softmax`` normalises the weights over the blocks
+instead (``s`` a weighted mean); measured worse (README, table 2), since one anomalous block among 21
+must then win a competition rather than just switch on.
 Trained after the banks are built, on block maps/scores of synthetic anomalies and augmented normals,
 with a logistic loss that pushes ``s`` up for anomalies and down for normals.
 """
@@ -18,7 +21,7 @@ from tqdm import tqdm
 
 logger = logging.getLogger(__name__)
 
-SCORING_MODES = ("fusion", "linear", "max", "mean")
+SCORING_MODES = ("fusion", "fusion_softmax", "linear", "max", "mean")
 
 
 class FusionNet(nn.Module):
@@ -43,25 +46,28 @@ class FusionNet(nn.Module):
 
 
 class ScoreFusion(nn.Module):
-    """Image score from block scores by one of ``fusion`` (F_fusion), ``linear``, ``max`` or ``mean``."""
+    """Image score from block scores: ``fusion`` (F_fusion, per-block sigmoid weights), ``fusion_softmax``
+    (the same CNN, weights normalised over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``."""
 
     def __init__(self, num_blocks: int, mode: str = "fusion") -> None:
         super().__init__()
         if mode not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {SCORING_MODES}, got '{mode}'")
         self.mode = mode
-        self.net = FusionNet(num_blocks) if mode == "fusion" else None
+        self.net = FusionNet(num_blocks) if mode in ("fusion", "fusion_softmax") else None
         self.linear_logits = nn.Parameter(torch.zeros(num_blocks)) if mode == "linear" else None
         # Scale of normal scores (set when trained): maps enter the CNN as m / scale.
         self.register_buffer("score_scale", torch.ones(()))
 
     @property
     def trainable(self) -> bool:
-        return self.mode in ("fusion", "linear")
+        return self.mode in ("fusion", "fusion_softmax", "linear")
 
     def weights(self, block_maps: torch.Tensor) -> torch.Tensor:
-        """(B, nb) block weights summing to one."""
+        """(B, nb) block weights: each in (0, 1) for ``fusion``, summing to one for the others."""
         if self.mode == "fusion":
+            return torch.sigmoid(self.net(block_maps / self.score_scale))
+        if self.mode == "fusion_softmax":
             return torch.softmax(self.net(block_maps / self.score_scale), dim=1)
         if self.mode == "linear":
             return torch.softmax(self.linear_logits, dim=0).expand(block_maps.shape[0], -1)

@@ -46,7 +46,8 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         levels: pyramid levels N (paper default 3 → 21 blocks).
         coreset_sampling_ratio: coreset fraction per block bank (paper 1%).
         num_neighbors: k for PatchCore's score re-weighting (9).
-        scoring: ``fusion`` (F_fusion, paper), ``linear`` (learned weights), ``max`` or ``mean``.
+        scoring: ``fusion`` (F_fusion, paper: w_ij = F(m_ij), sigmoid-bounded), ``fusion_softmax`` (weights
+            normalised over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``.
         align: I-RA on/off.
         reference: ``best`` (the training image others align to with most inliers) or ``first``.
         fill_from_reference: where an aligned image has no pixels (outside the photo's borders), show the
@@ -159,10 +160,18 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         holdout = [rest[i] for i in order[:n_holdout]]
         bank_images = [rest[i] for i in order[n_holdout:]]
         embeddings = self._embed_all(self._aligned_float(bank_images))
+        if self.align and self.aligner.failures > 0.5 * self.aligner.total:
+            # Textures and freely rotating parts have nothing to register; say so once, clearly.
+            logger.warning(
+                "AMFS I-RA fell back to the identity for %d of %d training images: these images cannot be "
+                "registered to the reference, so the banks are positional but unaligned. Set align=False to skip "
+                "the alignment cost.", self.aligner.failures, self.aligner.total,
+            )
         self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
         if holdout:
             aligned_holdout = self._aligned_float(holdout)
-            maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed)
+            fill = self.aligner.fill if self.align else None
+            maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed, fill)
             self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
             if self.holdout_to_banks:
                 embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])
