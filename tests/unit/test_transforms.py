@@ -75,6 +75,9 @@ def test_fast_float_paths_match_the_uint8_opencv_paths():
     mask = torch.zeros(1, 256, 256, dtype=torch.uint8)
     mask[0, 100:140, 90:130] = 1
     assert warp_tensor(mask, pose, (256, 256), nearest=True).shape == (1, 256, 256)
+    fill = torch.full((1, 256, 256), 0.5)
+    filled = warp_tensor(tensor[:1], pose, (256, 256), fill=fill)
+    assert torch.all(fill == 0.5) and (filled == 0.5).any()  # the fill shows through and is not written to
 
 
 def test_blank_image_falls_back_to_identity():

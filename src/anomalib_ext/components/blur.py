@@ -9,15 +9,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F  # noqa: N812
+from kornia.filters import get_gaussian_kernel1d
 from torch import nn
-
-
-def gaussian_kernel1d(sigma: float, kernel_size: int | None = None) -> torch.Tensor:
-    """Normalised 1-D Gaussian; default size 2 * int(4 * sigma + 0.5) + 1 as in anomalib."""
-    size = kernel_size or 2 * int(4.0 * sigma + 0.5) + 1
-    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
-    kernel = torch.exp(-(x**2) / (2 * sigma**2))
-    return (kernel / kernel.sum()).float()
 
 
 class SeparableGaussianBlur(nn.Module):
@@ -25,12 +18,14 @@ class SeparableGaussianBlur(nn.Module):
 
     Args:
         sigma: standard deviation in pixels.
-        kernel_size: odd kernel length (default from sigma, as anomalib's ``compute_kernel_size``).
+        kernel_size: odd kernel length (default 2 * int(4 * sigma + 0.5) + 1, anomalib's ``compute_kernel_size``).
     """
 
     def __init__(self, sigma: float, kernel_size: int | None = None) -> None:
         super().__init__()
-        kernel = gaussian_kernel1d(sigma, kernel_size)
+        size = kernel_size or 2 * int(4.0 * sigma + 0.5) + 1
+        # kornia's 1-D kernel: the factor of the 2-D kernel anomalib's GaussianBlur2d builds with kornia.
+        kernel = get_gaussian_kernel1d(size, sigma).reshape(-1)
         self.radius = (len(kernel) - 1) // 2
         self.register_buffer("kernel", kernel, persistent=False)
 

@@ -47,18 +47,18 @@ class ORBSettings:
     pyramid_levels: int = 8
 
 
-def detection_image(image: np.ndarray | torch.Tensor, settings: ORBSettings) -> np.ndarray:
-    """The grey uint8 image ORB runs on: resized by ``detect_scale``, optionally smoothed."""
-    gray = to_gray_uint8(image)
+def detection_image(gray: np.ndarray, settings: ORBSettings) -> np.ndarray:
+    """The grey uint8 image ORB runs on (from :func:`to_gray_uint8`): resized by ``detect_scale``, optionally smoothed."""
     if settings.detect_scale != 1.0:
         gray = cv2.resize(gray, None, fx=settings.detect_scale, fy=settings.detect_scale, interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(gray, (0, 0), settings.blur_sigma) if settings.blur_sigma > 0 else gray
 
 
 def _planes_to_hwc(tensor: torch.Tensor) -> np.ndarray:
-    """CxHxW CPU tensor -> HxWxC contiguous array; cv2.merge does this copy ~5x faster than a transpose."""
+    """CxHxW CPU tensor -> a new HxWxC contiguous array (never a view: callers may write into it);
+    cv2.merge does this copy ~5x faster than a transpose."""
     planes = tensor.contiguous().numpy()
-    return cv2.merge(list(planes)) if planes.shape[0] > 1 else planes[0]
+    return cv2.merge(list(planes)) if planes.shape[0] > 1 else planes[0].copy()
 
 
 def to_gray_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -84,8 +84,9 @@ class ReferenceFeatures:
 
     def __init__(self, reference: np.ndarray | torch.Tensor, settings: ORBSettings = ORBSettings()) -> None:
         self.settings = settings
-        self.full_shape = to_gray_uint8(reference).shape[:2]
-        self.gray = detection_image(reference, settings)
+        full = to_gray_uint8(reference)
+        self.full_shape = full.shape[:2]
+        self.gray = detection_image(full, settings)
         self.orb = cv2.ORB_create(nfeatures=settings.n_features, nlevels=settings.pyramid_levels)
         self.keypoints, self.descriptors = self.orb.detectAndCompute(self.gray, None)
         self.points = keypoint_array(self.keypoints, settings)
@@ -142,7 +143,8 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     """Homography from ``image`` to the reference frame, with a robust identity fallback."""
     s = reference.settings
     identity = np.eye(3)
-    gray = detection_image(image, s)
+    full = to_gray_uint8(image)
+    gray = detection_image(full, s)
     keypoints, descriptors = reference.orb.detectAndCompute(gray, None)
     if descriptors is None or reference.descriptors is None or len(keypoints) < 4:
         return AlignmentResult(identity, False, 0, "too few key points")
@@ -158,7 +160,7 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     if homography is None or inliers < s.min_inliers:
         return AlignmentResult(identity, False, inliers, f"only {inliers} RANSAC inliers")
     homography, inliers = _refine(homography, inliers, points, reference, all_matches, s)
-    reason = _check_homography(homography, reference.shape, s)
+    reason = _check_homography(homography, full.shape[:2], s)  # the input's corners, at full resolution
     if reason:
         return AlignmentResult(identity, False, inliers, reason)
     return AlignmentResult(homography / homography[2, 2], True, inliers)
@@ -176,7 +178,8 @@ def warp_tensor(tensor: torch.Tensor, homography: np.ndarray, size: tuple[int, i
     flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     if fill is not None:
         # BORDER_TRANSPARENT leaves the destination where the source has no pixels: one pass, no mask.
-        destination = _planes_to_hwc(fill.detach().cpu().to(source.dtype)) if channels_first else fill.detach().cpu().to(source.dtype).numpy().copy()
+        fill = fill.detach().cpu().to(source.dtype)
+        destination = _planes_to_hwc(fill) if channels_first else fill.numpy().copy()
         warped = cv2.warpPerspective(array, homography, (size[1], size[0]), dst=destination, flags=flags, borderMode=cv2.BORDER_TRANSPARENT)
     else:
         warped = cv2.warpPerspective(array, homography, (size[1], size[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE if not nearest else cv2.BORDER_CONSTANT)
