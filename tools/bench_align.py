@@ -5,6 +5,7 @@ known: the corner error is the mean distance (pixels) between the image corners 
 estimated and by the true homography.
 
     python tools/bench_align.py --size 512 --images 40 --detect-scale 1.0 0.5 --pyramid-levels 8 4
+    python tools/bench_align.py --size 512 --images 24 --designs 12 --detect-scale 1.0 --reference first best
 """
 
 from __future__ import annotations
@@ -26,39 +27,66 @@ def corner_error(estimated: np.ndarray, true: np.ndarray, size: int) -> float:
     return float(np.linalg.norm(a - b, axis=-1).mean())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--images", type=int, default=40)
-    parser.add_argument("--detect-scale", type=float, nargs="+", default=[1.0, 0.5])
-    parser.add_argument("--pyramid-levels", type=int, nargs="+", default=[8], help="ORB scale-pyramid levels to try")
-    args = parser.parse_args()
+def coverage(homography: np.ndarray, size: int) -> float:
+    """Share of the reference canvas that the warped input covers (the rest is filled from the reference)."""
+    ones = np.ones((size, size), np.float32)
+    return float(cv2.warpPerspective(ones, homography, (size, size), flags=cv2.INTER_NEAREST, borderValue=0).mean())
 
+
+def photographs(design_seed: int, count: int, size: int) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """``count`` photographs of one printed design and their true poses (design frame -> photo)."""
     from anomalib_ext.data.garment_print import make_design, photograph, random_pose, render_design
-    from anomalib_ext.transforms import ORBAlign
-    from anomalib_ext.transforms.align import ORBSettings
 
-    design = make_design(np.random.default_rng(0), args.size)
+    design = make_design(np.random.default_rng(design_seed), size)
     shots, poses = [], []
-    for i in range(args.images + 1):
-        rng = np.random.default_rng([0, i])
+    for i in range(count):
+        rng = np.random.default_rng([design_seed, i])
         rendered = render_design(design, rng, None)
         poses.append(random_pose(design, copy.deepcopy(rng)))  # the same draws photograph() makes
         image, _ = photograph(*rendered, design, rng)
         shots.append(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)))
-    for scale, levels in [(scale, levels) for scale in args.detect_scale for levels in args.pyramid_levels]:
-        align = ORBAlign(shots[0], ORBSettings(detect_scale=scale, pyramid_levels=levels))
-        times, errors = [], []
-        for shot, pose in zip(shots[1:], poses[1:], strict=True):
-            start = time.perf_counter()
-            align(shot)
-            times.append((time.perf_counter() - start) * 1000)
-            if align.last_result.ok:
-                errors.append(corner_error(align.last_result.homography, poses[0] @ np.linalg.inv(pose), args.size))
-        print(f"ORBAlign {args.size}x{args.size} detect_scale={scale} pyramid_levels={levels}: median {statistics.median(times):.1f} ms, "
-              f"p90 {np.percentile(times, 90):.1f} ms per image (estimate + warp); corner error median "
-              f"{statistics.median(errors):.2f} px, max {max(errors):.2f} px; {align.failures} fallbacks of {args.images}; "
-              f"OpenCV threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}")
+    return shots, poses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--images", type=int, default=40, help="photographs aligned per design (plus the candidates)")
+    parser.add_argument("--designs", type=int, default=1, help="print designs (seeds 0..N-1)")
+    parser.add_argument("--detect-scale", type=float, nargs="+", default=[1.0, 0.5])
+    parser.add_argument("--pyramid-levels", type=int, nargs="+", default=[8], help="ORB scale-pyramid levels to try")
+    parser.add_argument("--reference", nargs="+", default=["first"], choices=["first", "best"],
+                        help="AMFS's reference choice: the first photograph or the one others align to best")
+    args = parser.parse_args()
+
+    from anomalib_ext.models.amfs.alignment import choose_reference
+    from anomalib_ext.transforms import ORBAlign
+    from anomalib_ext.transforms.align import ORBSettings
+
+    data = [photographs(seed, args.images + 1, args.size) for seed in range(args.designs)]
+    settings = [(scale, levels, mode) for scale in args.detect_scale for levels in args.pyramid_levels for mode in args.reference]
+    for scale, levels, mode in settings:
+        orb = ORBSettings(detect_scale=scale, pyramid_levels=levels)
+        times, errors, covered, failures, picks = [], [], [], 0, []
+        for shots, poses in data:
+            ref = choose_reference(shots, mode, orb)
+            picks.append(ref)
+            align = ORBAlign(shots[ref], orb)
+            for i, (shot, pose) in enumerate(zip(shots, poses, strict=True)):
+                if i == ref:
+                    continue
+                start = time.perf_counter()
+                align(shot)
+                times.append((time.perf_counter() - start) * 1000)
+                if align.last_result.ok:
+                    errors.append(corner_error(align.last_result.homography, poses[ref] @ np.linalg.inv(pose), args.size))
+                    covered.append(coverage(align.last_result.homography, args.size))
+            failures += align.failures
+        print(f"ORBAlign {args.size}x{args.size} detect_scale={scale} pyramid_levels={levels} reference={mode} (picked {picks}): "
+              f"median {statistics.median(times):.1f} ms, p90 {np.percentile(times, 90):.1f} ms per image (estimate + warp); "
+              f"corner error median {statistics.median(errors):.2f} px, max {max(errors):.2f} px; "
+              f"{failures} fallbacks of {len(times)}; canvas covered by the input mean {np.mean(covered):.3f}, "
+              f"min {min(covered):.3f}; OpenCV threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}")
 
 
 if __name__ == "__main__":

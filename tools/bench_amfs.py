@@ -36,6 +36,8 @@ RUNS = {
     "amfs_cs10": ("amfs", {"coreset_sampling_ratio": 0.1}),
     "amfs_holdout_out": ("amfs", {"holdout_to_banks": False}),
     "amfs_edge_fill": ("amfs", {"fill_from_reference": False}),
+    "amfs_mixed": ("amfs", {"fusion_anomalies": ("perlin", "cutpaste", "scar")}),
+    "amfs_cutpaste": ("amfs", {"fusion_anomalies": ("cutpaste",)}),
 }
 SUBSETS = {"full": {}, "letter": {"defect_types": ["letter"]}, "small": {"max_defect_area": 0.01}}
 

@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.models.amfs.alignment import BatchAligner, choose_reference, to_uint8_hwc
-from anomalib_ext.models.amfs.synthetic import fusion_training_set
+from anomalib_ext.models.amfs.synthetic import FUSION_ANOMALIES, fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
 from anomalib_ext.transforms.align import ORBSettings
 
@@ -60,6 +60,9 @@ class AMFS(MemoryBankMixin, AnomalibModule):
             reference, so the held-out images are not lost to the banks.
         fusion_samples_per_image: synthetic anomalies and augmented normals made per held-out image.
         fusion_epochs: F_fusion training epochs.
+        fusion_anomalies: synthetic anomaly kinds F_fusion is trained on, cycled per sample: ``perlin``
+            (the paper's DRAEM-style texture blobs), ``cutpaste`` (small pieces of the image moved
+            elsewhere: locally normal, wrongly placed), ``scar`` (CutPaste-Scar strips).
         texture_dir: textures for DRAEM-style anomalies (e.g. DTD); ``None`` = anomalib's noise textures.
         seed: seeds hold-out split, synthesis and coreset starts.
     """
@@ -84,6 +87,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         holdout_to_banks: bool = True,
         fusion_samples_per_image: int = 8,
         fusion_epochs: int = 60,
+        fusion_anomalies: Sequence[str] = ("perlin",),
         texture_dir: str | None = None,
         seed: int = 0,
         pre_processor: nn.Module | bool = True,
@@ -103,6 +107,10 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         self.holdout_to_banks = holdout_to_banks
         self.fusion_samples_per_image = fusion_samples_per_image
         self.fusion_epochs = fusion_epochs
+        self.fusion_anomalies = tuple(fusion_anomalies)
+        if not self.fusion_anomalies or set(self.fusion_anomalies) - set(FUSION_ANOMALIES):
+            msg = f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(self.fusion_anomalies)}"
+            raise ValueError(msg)
         self.texture_dir = texture_dir
         self.seed = seed
         self._train_images: list[torch.Tensor] = []
@@ -171,7 +179,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         if holdout:
             aligned_holdout = self._aligned_float(holdout)
             fill = self.aligner.fill if self.align else None
-            maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed, fill)
+            maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed, fill, self.fusion_anomalies)
             self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
             if self.holdout_to_banks:
                 embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])

@@ -2,30 +2,60 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import torch
 from torchvision.transforms.v2 import RandomAffine
 
-from anomalib_ext.components.synthesis import perlin_anomaly_generator
+from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, perlin_anomaly_generator
+
+# Anomaly kinds F_fusion can be trained on. ``perlin`` is the paper's (DRAEM: texture in Perlin blobs,
+# locally abnormal). ``cutpaste`` moves a small piece of the image itself elsewhere (0.2-2% of the area,
+# GPD's defect scale): locally normal content at the wrong place, the positional anomaly AMFS is for.
+# ``scar`` is CutPaste-Scar, a thin strip of the image.
+FUSION_ANOMALIES = ("perlin", "cutpaste", "scar")
+SMALL_CUTPASTE_AREA = (0.002, 0.02)
 
 
 @torch.no_grad()
-def fusion_training_set(model, images: torch.Tensor, per_image: int, texture_dir: str | None, seed: int, fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fusion_training_set(
+    model,
+    images: torch.Tensor,
+    per_image: int,
+    texture_dir: str | None,
+    seed: int,
+    fill: torch.Tensor | None = None,
+    kinds: Sequence[str] = ("perlin",),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(maps (N, nb, 1, h, w), scores (N, nb), labels (N,)) from held-out aligned images.
 
-    For each image: ``per_image`` DRAEM-style anomalies (Perlin regions filled with texture) and
-    ``per_image`` normals augmented by small translation, scaling and rotation (what residual
-    misalignment looks like). Where the augmentation moves the image off the canvas, ``fill`` (the
-    alignment reference, as at test time) shows through instead of black wedges, which would teach
-    F_fusion that strong border responses are normal.
+    For each image: ``per_image`` synthetic anomalies, cycling through ``kinds`` (see
+    ``FUSION_ANOMALIES``), and ``per_image`` normals augmented by small translation, scaling and
+    rotation (what residual misalignment looks like). Where the augmentation moves the image off the
+    canvas, ``fill`` (the alignment reference, as at test time) shows through instead of black wedges,
+    which would teach F_fusion that strong border responses are normal.
     """
+    unknown = set(kinds) - set(FUSION_ANOMALIES)
+    if not kinds or unknown:
+        raise ValueError(f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(kinds)}")
     torch.manual_seed(seed)
-    generator = perlin_anomaly_generator(texture_dir)
+    rng = np.random.default_rng(seed)
+    perlin = perlin_anomaly_generator(texture_dir) if "perlin" in kinds else None
     augment = RandomAffine(degrees=3, translate=(0.02, 0.02), scale=(0.97, 1.03))
     anomalous, normal = [], []
+    draws = 0
     for image in images:
         image = image.cpu()
         for _ in range(per_image):
-            out, mask = generator(image)
+            kind = kinds[draws % len(kinds)]
+            draws += 1
+            if kind == "perlin":
+                out, mask = perlin(image)
+            elif kind == "cutpaste":
+                out, mask = cutpaste(image, rng, area_ratio=SMALL_CUTPASTE_AREA)
+            else:
+                out, mask = cutpaste_scar(image, rng)
             if mask.sum() > 0:
                 anomalous.append(out)
             normal.append(_augment_normal(augment, image, fill))
