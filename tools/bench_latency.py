@@ -33,6 +33,13 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def load_resized(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    from anomalib_ext.data.mvtec_like import read_rgb
+
+    image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float()[None] / 255
+    return torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True)
+
+
 class EmbedOnly(torch.nn.Module):
     """AMFS's pyramid split + backbone + pooling only: what any k-NN scoring has to run first."""
 
@@ -50,6 +57,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--out", type=Path, default=Path("results/latency"))
     parser.add_argument("--models", nargs="+", default=["amfs", "patchcore"])
+    parser.add_argument("--int8-embedding", action="store_true", help="also time the AMFS embedding quantised to INT8 by NNCF")
     args = parser.parse_args()
 
     import openvino as ov
@@ -60,7 +68,6 @@ def main() -> None:
     from anomalib_ext import register
     from anomalib_ext.components import use_fast_coreset
     from anomalib_ext.data import SyntheticGPD
-    from anomalib_ext.data.mvtec_like import read_rgb
     from anomalib_ext.models import AMFS
 
     register()
@@ -83,8 +90,7 @@ def main() -> None:
         compiled = ov.Core().compile_model(str(xml), "CPU")
         precision = compiled.get_property("INFERENCE_PRECISION_HINT")
         path = sorted(Path(data.root, "p001", "test", "letter").glob("*.jpg"))[0]
-        image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float()[None] / 255
-        image = torch.nn.functional.interpolate(image, size=size, mode="bilinear", antialias=True)
+        image = load_resized(path, size)
         model.eval()
         row = {"fit_s": round(fit_s, 1), "openvino_precision": str(precision)}
         if name == "amfs":
@@ -109,6 +115,19 @@ def main() -> None:
                 row["torch_embedding_only_ms"] = median_ms(lambda: embed_only(aligned), args.repeats)
             embed_ir = ov.Core().compile_model(ov.convert_model(embed_only, example_input=aligned), "CPU")
             row["openvino_embedding_only_ms"] = median_ms(lambda: embed_ir(array), args.repeats)
+            if args.int8_embedding:
+                # What INT8 would buy on the floor (issue 4 quantises whole models): NNCF post-training
+                # quantisation of the embedding, calibrated on 16 aligned training images.
+                import nncf
+
+                train = sorted(Path(data.root, "p001", "train", "good").glob("*.jpg"))[:16]
+                calibration = [model.align_images(load_resized(p, size))[0].numpy() for p in train]
+                quantized = nncf.quantize(ov.convert_model(embed_only, example_input=aligned), nncf.Dataset(calibration),
+                                          subset_size=len(calibration))
+                int8_ir = ov.Core().compile_model(quantized, "CPU")
+                row["openvino_int8_embedding_only_ms"] = median_ms(lambda: int8_ir(array), args.repeats)
+                reference = embed_ir(array)[0]
+                row["int8_embedding_relative_error"] = float(np.abs(int8_ir(array)[0] - reference).mean() / np.abs(reference).mean())
         else:
             with torch.no_grad():
                 row["torch_model_ms"] = median_ms(lambda: model(image), args.repeats)

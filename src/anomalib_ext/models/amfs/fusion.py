@@ -13,6 +13,7 @@ with a logistic loss that pushes ``s`` up for anomalies and down for normals.
 from __future__ import annotations
 
 import logging
+import math
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -100,8 +101,15 @@ class ScoreFusion(nn.Module):
         block_maps, block_scores, labels = block_maps.to(device), block_scores.to(device), labels.to(device)
         normal = block_scores[labels == 0]
         self.score_scale = normal.mean().clamp_min(1e-6).detach().to(self.score_scale)
-        # An affine calibration of s/scale for the logistic loss (not part of inference: ranking only).
-        slope = nn.Parameter(torch.tensor(1.0))
+        # An affine calibration of s/scale for the logistic loss (not part of inference: ranking only),
+        # started where the logits are ~N(0, 1) over the training samples. s sums nb weighted block
+        # scores, so before this start s/scale was ~nb/2 for every sample: the loss saturated and, at
+        # 85 blocks (4 levels), drove every sigmoid weight to 0 where no gradient is left (image AUROC 0.40).
+        with torch.no_grad():
+            initial = torch.cat([self(m, sc) for m, sc in zip(block_maps.split(batch_size), block_scores.split(batch_size), strict=True)])
+            initial = initial / self.score_scale
+        centre, spread = initial.mean(), initial.std().clamp_min(1e-6)
+        slope = nn.Parameter(torch.tensor(math.log(math.e - 1)))  # softplus(slope) = 1 at the start
         offset = nn.Parameter(torch.tensor(0.0))
         params = [p for p in self.parameters() if p.requires_grad] + [slope, offset]
         optimizer = torch.optim.Adam(params, lr=lr)
@@ -114,7 +122,8 @@ class ScoreFusion(nn.Module):
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 score = self(block_maps[idx], block_scores[idx]) / self.score_scale
-                loss = F.binary_cross_entropy_with_logits(F.softplus(slope) * 4 * (score - 1) + offset, labels[idx].float())
+                logits = F.softplus(slope) * (score - centre) / spread + offset
+                loss = F.binary_cross_entropy_with_logits(logits, labels[idx].float())
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
