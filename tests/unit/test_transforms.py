@@ -5,7 +5,7 @@ import torch
 from torchvision import tv_tensors
 
 from anomalib_ext.transforms import ORBAlign, PyramidBlocks, ReferenceFeatures, estimate_homography, num_blocks
-from anomalib_ext.transforms.align import ORBSettings, ReferenceFeatures, match_cross_checked, to_gray_uint8, warp_tensor
+from anomalib_ext.transforms.align import ORBSettings, to_gray_uint8, warp_tensor
 
 
 def _textured(size=512):
@@ -78,25 +78,6 @@ def test_fast_float_paths_match_the_uint8_opencv_paths():
     fill = torch.full((1, 256, 256), 0.5)
     filled = warp_tensor(tensor[:1], pose, (256, 256), fill=fill)
     assert torch.all(fill == 0.5) and (filled == 0.5).any()  # the fill shows through and is not written to
-    # 2-D in, 2-D out; ``out`` is written in place and returned; a wrong ``out`` is refused.
-    assert warp_tensor(mask[0], pose, (128, 200), nearest=True).shape == (128, 200)
-    slot = torch.empty(3, 256, 256)
-    assert warp_tensor(tensor, pose, (256, 256), out=slot) is slot and torch.equal(slot, warped)
-    with pytest.raises(ValueError, match="out must be"):
-        warp_tensor(tensor, pose, (256, 256), out=torch.empty(3, 256, 256, dtype=torch.float64))
-
-
-def test_matmul_hamming_matcher_gives_opencv_cross_checked_matches():
-    reference = ReferenceFeatures(_textured(256))
-    moved = cv2.warpAffine(_textured(256), np.float32([[0.97, -0.1, 12], [0.1, 0.97, -6]]), (256, 256))
-    keypoints, descriptors = reference.orb.detectAndCompute(cv2.cvtColor(moved, cv2.COLOR_RGB2GRAY), None)
-    expected = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(descriptors, reference.descriptors)
-    query_idx, train_idx, distance = match_cross_checked(descriptors, reference)
-    assert len(expected) > 20
-    assert {(m.queryIdx, m.trainIdx) for m in expected} == set(zip(query_idx.tolist(), train_idx.tolist(), strict=True))
-    assert np.all(np.diff(distance) >= 0)  # best matches first
-    by_pair = {(m.queryIdx, m.trainIdx): m.distance for m in expected}
-    assert all(by_pair[(q, t)] == d for q, t, d in zip(query_idx.tolist(), train_idx.tolist(), distance.tolist(), strict=True))
 
 
 def test_blank_image_falls_back_to_identity():

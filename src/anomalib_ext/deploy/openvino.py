@@ -104,14 +104,12 @@ class OpenVINOAnomalyInferencer:
         import torch
 
         h, w = self.input_size
-        # Channels-first from here on (the aligner's and the IR's layout; anomalib's pre-processing keeps
-        # a CHW array as is), built with OpenCV/numpy so no torch op runs on the host path.
-        planes = np.stack(cv2.split(cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA))).astype(np.float32, copy=False)
+        resized = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
         homography = np.eye(3)
         if self.aligner is not None:
-            aligned, homographies, _ = self.aligner.align(torch.from_numpy(planes)[None])
-            planes, homography = aligned[0].numpy(), homographies[0]
-        result = self.inferencer.predict(planes)
+            aligned, homographies, _ = self.aligner.align(torch.from_numpy(resized).permute(2, 0, 1)[None])
+            resized, homography = aligned[0].permute(1, 2, 0).numpy(), homographies[0]
+        result = self.inferencer.predict(np.ascontiguousarray(resized, dtype=np.float32))
         inverse = np.linalg.inv(homography)
         anomaly_map = cv2.warpPerspective(_squeeze_map(result.anomaly_map).astype(np.float32), inverse, (w, h), borderMode=cv2.BORDER_REPLICATE)
         mask = cv2.warpPerspective(_squeeze_map(result.pred_mask).astype(np.uint8), inverse, (w, h), flags=cv2.INTER_NEAREST)

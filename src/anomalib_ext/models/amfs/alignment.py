@@ -54,25 +54,21 @@ class BatchAligner:
     def align(self, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, list[bool]]:
         """Aligned images (same size), homographies (B, 3, 3) input->reference, success flags."""
         h, w = images.shape[-2:]
-        homographies, oks = [], []
+        aligned, homographies, oks = [], [], []
         if (h, w) != tuple(self.reference.shape):
             raise ValueError(f"Image size {(h, w)} differs from the reference {tuple(self.reference.shape)}; resize first.")
-        source = images.detach().cpu().contiguous()
-        aligned = torch.empty_like(source)  # each image is warped straight into its slot: no stack copy
-        for image, slot in zip(source, aligned, strict=True):
+        for image in images:
             result = estimate_homography(image, self.reference)
             self.total += 1
             if not result.ok:
                 self.failures += 1
                 if self.failures == 1:
                     logger.warning("AMFS alignment fell back to identity: %s (counted in .failures)", result.reason)
-                np.copyto(slot.numpy(), image.numpy())  # numpy: keeps torch's OpenMP pool asleep (see warp_tensor)
-            else:
-                fill = self.fill if self.fill is not None and image.dtype.is_floating_point else None
-                warp_tensor(image, result.homography, (h, w), fill=fill, out=slot)
+            fill = self.fill.to(image.dtype) if self.fill is not None and image.dtype.is_floating_point else None
+            aligned.append(warp_tensor(image, result.homography, (h, w), fill=fill) if result.ok else image.cpu())
             homographies.append(result.homography)
             oks.append(result.ok)
-        return aligned.to(images.device), np.stack(homographies), oks
+        return torch.stack(aligned).to(images.device, images.dtype), np.stack(homographies), oks
 
     @staticmethod
     def warp_back(maps: torch.Tensor, homographies: np.ndarray) -> torch.Tensor:
