@@ -28,7 +28,7 @@ from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.models.amfs.alignment import BatchAligner, choose_reference, to_uint8_hwc
-from anomalib_ext.models.amfs.synthetic import FUSION_ANOMALIES, fusion_training_set
+from anomalib_ext.models.amfs.synthetic import check_fusion_anomalies, fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
 from anomalib_ext.transforms.align import ORBSettings
 
@@ -107,10 +107,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         self.holdout_to_banks = holdout_to_banks
         self.fusion_samples_per_image = fusion_samples_per_image
         self.fusion_epochs = fusion_epochs
-        self.fusion_anomalies = tuple(fusion_anomalies)
-        if not self.fusion_anomalies or set(self.fusion_anomalies) - set(FUSION_ANOMALIES):
-            msg = f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(self.fusion_anomalies)}"
-            raise ValueError(msg)
+        self.fusion_anomalies = check_fusion_anomalies(fusion_anomalies)  # fail at construction, not after the banks
         self.texture_dir = texture_dir
         self.seed = seed
         self._train_images: list[torch.Tensor] = []

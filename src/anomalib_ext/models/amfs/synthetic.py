@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,6 +17,14 @@ from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, perlin_an
 # ``scar`` is CutPaste-Scar, a thin strip of the image.
 FUSION_ANOMALIES = ("perlin", "cutpaste", "scar")
 SMALL_CUTPASTE_AREA = (0.002, 0.02)
+
+
+def check_fusion_anomalies(kinds: Sequence[str]) -> tuple[str, ...]:
+    """``kinds`` as a tuple, or a ValueError naming the allowed kinds."""
+    kinds = tuple(kinds)
+    if not kinds or set(kinds) - set(FUSION_ANOMALIES):
+        raise ValueError(f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(kinds)}")
+    return kinds
 
 
 @torch.no_grad()
@@ -36,20 +45,17 @@ def fusion_training_set(
     canvas, ``fill`` (the alignment reference, as at test time) shows through instead of black wedges,
     which would teach F_fusion that strong border responses are normal.
     """
-    unknown = set(kinds) - set(FUSION_ANOMALIES)
-    if not kinds or unknown:
-        raise ValueError(f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(kinds)}")
+    kinds = check_fusion_anomalies(kinds)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     perlin = perlin_anomaly_generator(texture_dir) if "perlin" in kinds else None
     augment = RandomAffine(degrees=3, translate=(0.02, 0.02), scale=(0.97, 1.03))
     anomalous, normal = [], []
-    draws = 0
+    kind_cycle = itertools.cycle(kinds)
     for image in images:
         image = image.cpu()
         for _ in range(per_image):
-            kind = kinds[draws % len(kinds)]
-            draws += 1
+            kind = next(kind_cycle)
             if kind == "perlin":
                 out, mask = perlin(image)
             elif kind == "cutpaste":
