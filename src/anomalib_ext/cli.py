@@ -1,7 +1,8 @@
 """``anomalib-ext`` console script: anomalib's CLI with the plugin registered, plus our subcommands.
 
 ``anomalib-ext train --model AMFS --data SyntheticGPD`` is exactly ``anomalib train ...`` with the
-plugin's names resolvable; ``anomalib-ext make-gpd`` and ``anomalib-ext infer`` are ours.
+plugin's names resolvable; ``make-gpd``, ``export``, ``quantize`` and ``infer`` are ours (our ``export``
+replaces anomalib's: dynamic batch for every model, and the metadata our inferencer needs).
 """
 
 from __future__ import annotations
@@ -16,15 +17,20 @@ def _make_gpd(argv: Sequence[str]) -> int:
     return make_gpd_main(argv)
 
 
-def _infer(argv: Sequence[str]) -> int:
-    from anomalib_ext.deploy.openvino import main as infer_main
+def _deploy(name: str) -> Callable[[Sequence[str]], int]:
+    def run(argv: Sequence[str]) -> int:
+        from anomalib_ext.deploy import commands
 
-    return infer_main(argv)
+        return getattr(commands, f"{name}_main")(argv)
+
+    return run
 
 
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "make-gpd": (_make_gpd, "generate the printed-garment (SyntheticGPD) dataset into a folder"),
-    "infer": (_infer, "run an exported OpenVINO model on images; write maps, masks, overlays and a CSV"),
+    "export": (_deploy("export"), "checkpoint -> OpenVINO IR (FP32, dynamic batch) + metadata.json (replaces anomalib's export)"),
+    "quantize": (_deploy("quantize"), "FP32 export -> INT8 with NNCF, calibrated on normal images; optional accuracy/speed report"),
+    "infer": (_deploy("infer"), "run an export on a file/folder/glob in batches; maps, masks, overlays, scores.csv"),
 }
 
 

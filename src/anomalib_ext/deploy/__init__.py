@@ -1,1 +1,8 @@
-"""Deployment: OpenVINO inference on exported models."""
+"""OpenVINO deployment: export (FP32, dynamic batch, metadata), NNCF INT8, batched inference, evaluation."""
+
+from anomalib_ext.deploy.export import export_openvino
+from anomalib_ext.deploy.inferencer import Inferencer, Prediction, collect_images
+from anomalib_ext.deploy.outputs import run_inference, write_outputs
+from anomalib_ext.deploy.quantize import quantize_openvino
+
+__all__ = ["Inferencer", "Prediction", "collect_images", "export_openvino", "quantize_openvino", "run_inference", "write_outputs"]

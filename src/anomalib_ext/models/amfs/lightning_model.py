@@ -226,38 +226,34 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         del args, kwargs
         return batch.update(**self.predict_aligned(batch.image))
 
+    # ---- export --------------------------------------------------------------------------------
+    def export_host_steps(self, folder: Path) -> dict[str, Any]:
+        """The alignment the IR cannot hold: writes the reference image into ``folder``, returns its settings."""
+        import cv2
 
-def _write_host_metadata(model: AMFS, model_path: Path) -> None:
-    """Beside the IR: the alignment reference (PNG) and the settings the host steps need (JSON)."""
-    import json
-
-    import cv2
-
-    folder = Path(model_path).parent
-    reference = model.model.reference.cpu().numpy()
-    cv2.imwrite(str(folder / "amfs_reference.png"), reference[..., ::-1])
-    metadata = {
-        "model": "AMFS",
-        "anomalib_ext_version": __import__("anomalib_ext").__version__,
-        "input_size": list(reference.shape[:2]),
-        "align": model.align,
-        "fill_from_reference": model.fill_from_reference,
-        "reference": "amfs_reference.png",
-        "orb": dataclasses.asdict(model.orb_settings),
-    }
-    (folder / "amfs.json").write_text(json.dumps(metadata, indent=1))
+        if not self.align:
+            return {}
+        reference = self.model.reference.cpu().numpy()  # (H, W, 3) uint8 RGB
+        cv2.imwrite(str(Path(folder) / "amfs_reference.png"), np.ascontiguousarray(reference[..., ::-1]))
+        return {"align": {"reference": "amfs_reference.png", "fill_from_reference": self.fill_from_reference,
+                          "orb": dataclasses.asdict(self.orb_settings)}}
 
 
 def _export_with_metadata(export):
     def wrapper(self: AMFS, export_root, *args, **kwargs):
-        path = export(self, export_root, *args, **kwargs)
-        _write_host_metadata(self, path)
+        from anomalib_ext.deploy.export import model_input_size
+        from anomalib_ext.deploy.metadata import build_metadata, write_metadata
+
+        path = Path(export(self, export_root, *args, **kwargs))
+        size = tuple(self.model.reference.shape[:2]) or model_input_size(self)
+        write_metadata(path.parent, build_metadata(self, size, self.export_host_steps(path.parent)))
         return path
 
     wrapper.__doc__ = export.__doc__
     return wrapper
 
 
-# Every export path (anomalib export / Engine.export / to_onnx / to_openvino) writes the host metadata.
+# anomalib's own export paths (anomalib export / Engine.export / to_onnx / to_openvino) also write the
+# host steps and metadata.json, so `anomalib-ext infer` runs their output too.
 AMFS.to_openvino = _export_with_metadata(AnomalibModule.to_openvino)
 AMFS.to_onnx = _export_with_metadata(AnomalibModule.to_onnx)

@@ -1,0 +1,91 @@
+"""One OpenVINO export path for every model (ours and anomalib's): IR with a dynamic batch + metadata.
+
+The graph is the same one anomalib exports (``AnomalibModule.forward``: pre-processor -> model ->
+post-processor, outputs ``pred_score, pred_label, anomaly_map, pred_mask``), so anomalib's own
+``OpenVINOInferencer`` reads it too. It is converted with OpenVINO's PyTorch frontend rather than
+anomalib's ONNX (dynamo) route: that route bakes the example batch into anomalib's Patchcore graph
+(batch 2, then it fails on one image) and took 4x longer on our models (40 s vs 10 s at 128 px).
+
+Models with host-side state define ``export_host_steps(folder) -> dict``: it writes what it needs
+(AMFS: the reference image) into the export folder and returns what goes into ``metadata.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, write_metadata
+
+logger = logging.getLogger(__name__)
+
+
+def model_input_size(model) -> tuple[int, int] | None:
+    """The size of the first ``Resize`` in the model's pre-processor, if any."""
+    from torchvision.transforms.v2 import Compose, Resize
+
+    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
+    for step in transform.transforms if isinstance(transform, Compose) else [transform]:
+        if isinstance(step, Resize) and step.size is not None and len(step.size) == 2:
+            return tuple(int(s) for s in step.size)
+    return None
+
+
+def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]):
+    """``ov.Model`` of the eval-mode forward with inputs ``(?, 3, H, W)`` and anomalib's output names."""
+    import openvino as ov
+
+    model = model.eval().cpu()
+    height, width = input_size
+    # A LightningModule not attached to a Trainer (loaded from a checkpoint) raises on `.trainer`, which
+    # tracing touches; Lightning's own to_torchscript sets this flag for the same reason.
+    scripting = getattr(model, "_jit_is_scripting", None)
+    if scripting is not None:
+        model._jit_is_scripting = True  # noqa: SLF001
+    try:
+        with torch.no_grad():
+            ov_model = ov.convert_model(model, example_input=torch.rand(1, 3, height, width), input=[(-1, 3, height, width)])
+    finally:
+        if scripting is not None:
+            model._jit_is_scripting = scripting  # noqa: SLF001
+    if len(ov_model.outputs) != len(OUTPUT_NAMES):
+        raise RuntimeError(f"{type(model).__name__} exported {len(ov_model.outputs)} outputs; expected {OUTPUT_NAMES}.")
+    for output, name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
+        output.get_tensor().set_names({name})
+    batch = ov_model.inputs[0].get_partial_shape()[0]
+    if not batch.is_dynamic:
+        raise RuntimeError(f"{type(model).__name__}'s export fixed the batch at {batch}; its forward branches on the batch size.")
+    return ov_model
+
+
+def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tuple[int, int] | None = None) -> Path:
+    """Write ``model.xml/.bin`` (FP32, dynamic batch), host-step files and ``metadata.json`` to ``output``.
+
+    The folder is written in a temporary sibling and moved into place at the end, so a failed export
+    leaves nothing half-written (an existing export at ``output`` is replaced only on success).
+    """
+    import openvino as ov
+
+    output = Path(output)
+    input_size = tuple(input_size) if input_size else model_input_size(model)
+    if input_size is None:
+        raise ValueError(f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W).")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        ov_model = convert_to_openvino(model, input_size)
+        ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+        host_steps = model.export_host_steps(staging) if hasattr(model, "export_host_steps") else {}
+        write_metadata(staging, build_metadata(model, input_size, host_steps))
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("Exported %s to %s", type(model).__name__, output / "model.xml")
+    return output / "model.xml"

@@ -1,0 +1,195 @@
+"""Batched OpenVINO inference on an ``anomalib-ext export`` folder, with the model's host-side steps.
+
+    inferencer = Inferencer("export/openvino")          # model.xml + metadata.json (+ AMFS reference)
+    predictions, errors = inferencer.predict_paths(collect_images("images/"), batch_size=8)
+
+Per image: read (RGB) -> resize to the model's input size -> host steps (AMFS: align to the saved
+reference) -> batched IR -> maps warped back into the resized input frame -> mask at the model's
+threshold (0.5 on the normalised map, as in anomalib's post-processor). A file that cannot be used
+gives an error naming it; the rest of the batch still runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb
+from anomalib_ext.deploy.metadata import ModelFilesError, read_metadata
+
+logger = logging.getLogger(__name__)
+NORMALIZED_THRESHOLD = 0.5
+
+
+@dataclass
+class Prediction:
+    path: str
+    score: float  # normalised: > 0.5 is anomalous
+    label: bool
+    anomaly_map: np.ndarray  # (H, W) float32 in the resized input frame
+    mask: np.ndarray  # (H, W) bool
+    time_ms: float | None = None  # host steps of this image + its share of the batch's IR call
+
+
+def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
+    """A file, every image in a folder (recursively), a glob pattern, or a list of these."""
+    if isinstance(inputs, (list, tuple)):
+        return [p for item in inputs for p in collect_images(item)]
+    path = Path(inputs)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    else:
+        found = sorted(Path(p) for p in glob.glob(str(inputs), recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found at {inputs}: give a file, a folder or a glob.")
+    return found
+
+
+def resolve_model_dir(model_dir: str | Path) -> tuple[Path, Path]:
+    """``(folder, model.xml)`` from an export folder or its ``.xml``; clear errors for missing files."""
+    path = Path(model_dir)
+    xml = path if path.suffix == ".xml" else path / "model.xml"
+    folder = xml.parent
+    if not folder.is_dir():
+        raise ModelFilesError(f"Model folder {folder} does not exist. Export a model first: anomalib-ext export --help")
+    for needed in (xml, xml.with_suffix(".bin")):
+        if not needed.is_file():
+            raise ModelFilesError(f"{needed} is missing from the export folder {folder}: export the model again (anomalib-ext export).")
+    return folder, xml
+
+
+def check_image(image: np.ndarray, name: str) -> np.ndarray:
+    """An (H, W, 3) uint8/float RGB image, or a ValueError naming the image and the fix."""
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{name}: expected an RGB image of shape (H, W, 3), got {image.shape}. Convert it to RGB first "
+                         "(files read from disk are converted: grey and RGBA are fine).")
+    return image
+
+
+class Inferencer:
+    """Runs an exported model on CPU (or another OpenVINO device) in batches.
+
+    Args:
+        model_dir: the export folder (``model.xml``, ``model.bin``, ``metadata.json``) or its ``.xml``.
+        device: OpenVINO device.
+        num_threads: OpenVINO inference threads (``None``: OpenVINO's default, all cores).
+    """
+
+    def __init__(self, model_dir: str | Path, device: str = "CPU", num_threads: int | None = None) -> None:
+        import openvino as ov
+
+        self.folder, self.xml = resolve_model_dir(model_dir)
+        self.metadata = read_metadata(self.folder)
+        self.input_size = tuple(self.metadata["input"]["size"])
+        self.device = device
+        self.config = {"INFERENCE_NUM_THREADS": int(num_threads)} if num_threads else {}
+        self.core = ov.Core()
+        self.model = self.core.read_model(str(self.xml))
+        self._requests: dict[int, object] = {}  # batch size -> infer request of a static-shape compile
+        self.aligner = self._make_aligner(self.metadata.get("host_steps", {}).get("align"))
+
+    def _request(self, batch_size: int):
+        """The IR has a dynamic batch; each batch size is compiled once with static shapes. Measured at
+        256 px on 2 cores: 25-35% faster than running the dynamic compile (per-call shape inference)."""
+        if batch_size not in self._requests:
+            model = self.model.clone()
+            model.reshape({0: [batch_size, 3, *self.input_size]})
+            self._requests[batch_size] = self.core.compile_model(model, self.device, self.config).create_infer_request()
+        return self._requests[batch_size]
+
+    @property
+    def inference_precision(self) -> str:
+        """The precision OpenVINO picked for this device (e.g. f32, bf16)."""
+        return str(self._request(1).get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+
+    def _make_aligner(self, align: dict | None):
+        if not align:
+            return None
+        from anomalib_ext.models.amfs.alignment import BatchAligner
+        from anomalib_ext.transforms.align import ORBSettings
+
+        reference_path = self.folder / align["reference"]
+        if not reference_path.is_file():
+            raise ModelFilesError(f"{reference_path} (the alignment reference) is missing from {self.folder}: export the model again.")
+        fields = {f.name for f in dataclasses.fields(ORBSettings)}
+        settings = ORBSettings(**{k: v for k, v in align["orb"].items() if k in fields})
+        return BatchAligner(read_rgb(reference_path), settings, align.get("fill_from_reference", False))
+
+    # ---- one image -> model input ---------------------------------------------------------------
+    def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
+        """(3, H, W) float32 model input in [0, 1] and the homography input->model frame (identity without alignment)."""
+        image = check_image(np.asarray(image), name)
+        if image.dtype == np.uint8:
+            image = image.astype(np.float32) / 255
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
+        if tuple(tensor.shape[-2:]) != self.input_size:
+            # The resize anomalib's PreProcessor applies in training and testing (torchvision Resize,
+            # antialiased bilinear), so deployed scores match the evaluated ones.
+            tensor = torch.nn.functional.interpolate(tensor, size=self.input_size, mode="bilinear", antialias=True)
+        homography = np.eye(3)
+        if self.aligner is not None:
+            aligned, homographies, _ = self.aligner.align(tensor)  # failed alignment: identity, counted in .failures
+            tensor, homography = aligned, homographies[0]
+        return tensor[0].numpy(), homography
+
+    # ---- batches --------------------------------------------------------------------------------
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Raw IR outputs for a (B, 3, H, W) float32 batch, by output name."""
+        result = self._request(len(batch)).infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
+        return {next(iter(port.get_names())): np.asarray(value) for port, value in result.items()}
+
+    def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
+        """Predictions for in-memory RGB images (one IR call for the whole list)."""
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        prepared = [self.prepare(image, name) for image, name in zip(images, names, strict=True)]
+        return self._predict_prepared(prepared, names, [0.0] * len(prepared))
+
+    def _predict_prepared(self, prepared, names, host_ms) -> list[Prediction]:
+        start = time.perf_counter()
+        outputs = self.infer(np.stack([p[0] for p in prepared]))
+        maps = torch.from_numpy(outputs["anomaly_map"].reshape(len(prepared), 1, *self.input_size).astype(np.float32))
+        if self.aligner is not None:
+            from anomalib_ext.models.amfs.alignment import BatchAligner
+
+            maps = BatchAligner.warp_back(maps, np.stack([p[1] for p in prepared]))
+        ir_ms = (time.perf_counter() - start) * 1000 / len(prepared)
+        scores = outputs["pred_score"].reshape(len(prepared))
+        return [
+            Prediction(str(name), float(score), bool(score > NORMALIZED_THRESHOLD), m[0].numpy(),
+                       m[0].numpy() > NORMALIZED_THRESHOLD, host + ir_ms)
+            for name, score, m, host in zip(names, scores, maps, host_ms, strict=True)
+        ]
+
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = True) -> tuple[list[Prediction], list[str]]:
+        """Predict every file; each file that cannot be read or used is reported in ``errors`` and skipped."""
+        paths = list(paths)
+        predictions, errors = [], []
+        bar = tqdm(total=len(paths), desc="OpenVINO inference", unit="img", disable=not progress)
+        for first in range(0, len(paths), batch_size):
+            prepared, names, host_ms = [], [], []
+            for path in paths[first:first + batch_size]:
+                start = time.perf_counter()
+                try:
+                    prepared.append(self.prepare(read_rgb(path), str(path)))
+                except (OSError, ValueError) as error:
+                    errors.append(f"{path}: {error}")
+                    logger.error("Skipped %s: %s", path, error)
+                    continue
+                names.append(str(path))
+                host_ms.append((time.perf_counter() - start) * 1000)
+            if prepared:
+                predictions.extend(self._predict_prepared(prepared, names, host_ms))
+            bar.update(len(paths[first:first + batch_size]))
+        bar.close()
+        return predictions, errors
