@@ -1,6 +1,7 @@
 """The main job, end to end on the built-in SyntheticGPD data (no network needed):
 
-train (anomalib Engine) -> test metrics -> OpenVINO export -> OpenVINO inference with overlays.
+train (anomalib Engine) -> test metrics -> OpenVINO export (anomalib_ext.deploy) -> batched OpenVINO
+inference with overlays.
 
 Default model: AMFS (ORB alignment + pyramid-block memory banks + F_fusion) on the offline ImageNet
 backbone ``tf_efficientnet_lite2``; ``--model patchcore`` runs anomalib's Patchcore with the same
@@ -29,14 +30,13 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="tiny data (for tests): 8 train images, 2 per defect type")
     args = parser.parse_args()
 
-    from anomalib.deploy import ExportType
     from anomalib.engine import Engine
     from anomalib.models import Patchcore
 
     from anomalib_ext import register
     from anomalib_ext.models import AMFS
     from anomalib_ext.data import SyntheticGPD
-    from anomalib_ext.deploy.openvino import run_inference
+    from anomalib_ext.deploy import export_openvino, run_inference
 
     register()  # offline ImageNet weights for timm, our datamodules by name
     sizes = {"train_count": 8, "test_good_count": 4, "defects_per_type": 2, "num_categories": 1, "generated_size": 256} if args.small else {}
@@ -62,13 +62,9 @@ def main() -> None:
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     metrics = engine.test(model=model, datamodule=datamodule)[0]
-    export_dir = args.out / "export"
-    # anomalib's Patchcore graph fixes the batch to its example batch (2) under dynamic export: export
-    # a static batch of one for it; AMFS exports with a dynamic batch.
-    onnx_kwargs = {"dynamic_shapes": None} if args.model == "patchcore" else None
-    engine.export(model=model, export_type=ExportType.OPENVINO, export_root=export_dir,
-                  input_size=(size, size), onnx_kwargs=onnx_kwargs)
-    xml_dir = next(p.parent for p in export_dir.rglob("model.xml"))
+    # Our export: the same graph as anomalib's, with a dynamic batch for every model, plus the
+    # metadata (and AMFS's alignment reference) the inferencer needs.
+    xml_dir = export_openvino(model, args.out / "openvino", (size, size)).parent
     test_images = sorted(Path(datamodule.root, args.category, "test").rglob("*.jpg"))
     picks = test_images[:: max(1, len(test_images) // args.infer_images)][: args.infer_images]
     infer_in = args.out / "infer_inputs"

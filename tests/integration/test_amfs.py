@@ -81,31 +81,30 @@ def test_other_scoring_modes_and_no_alignment(tiny_gpd, tmp_path, scoring):
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
 
-def test_openvino_matches_torch_and_infer_writes_outputs(trained, tiny_gpd, tmp_path):
-    from anomalib.deploy import ExportType, OpenVINOInferencer
+def test_anomalib_export_route_also_runs_in_our_inferencer(trained, tiny_gpd, tmp_path):
+    """`anomalib export` / Engine.export (ONNX route) writes our metadata and host files too."""
+    from anomalib.data import InferenceBatch
+    from anomalib.deploy import ExportType
 
-    from anomalib_ext.data.mvtec_like import read_rgb
-    from anomalib_ext.deploy.openvino import run_inference
+    from anomalib_ext.deploy import Inferencer, run_inference
 
     model, engine, _, _ = trained
     engine.export(model=model, export_type=ExportType.OPENVINO, export_root=tmp_path / "export", input_size=(128, 128))
     xml = next((tmp_path / "export").rglob("model.xml"))
-    assert (xml.parent / "amfs.json").is_file() and (xml.parent / "amfs_reference.png").is_file()
-    inferencer = OpenVINOInferencer(path=xml, device="CPU")
-    model.eval()
+    assert (xml.parent / "metadata.json").is_file() and (xml.parent / "amfs_reference.png").is_file()
+    from anomalib_ext.data.mvtec_like import read_rgb
+
     paths = sorted((tiny_gpd / "p001" / "test").rglob("*.jpg"))[::4]
     images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float() / 255 for p in paths])
     images = torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear", antialias=True)
-    aligned, _ = model.align_images(images)
+    model.eval()
     with torch.no_grad():
-        expected = model(aligned)  # pre-processor -> model -> post-processor, as exported
-    for i in range(len(paths)):
-        got = inferencer.predict(aligned[i].permute(1, 2, 0).numpy())
-        score = float(np.asarray(got.pred_score).ravel()[0])
-        assert abs(score - float(expected.pred_score[i])) <= 1e-3 * max(1.0, abs(float(expected.pred_score[i])))
-        ov_map = np.asarray(got.anomaly_map).ravel()
-        torch_map = expected.anomaly_map[i].numpy().ravel()
-        assert np.corrcoef(ov_map, torch_map)[0, 1] > 0.99
+        raw = model.predict_aligned(images)
+        expected = model.post_processor(InferenceBatch(pred_score=raw["pred_score"], anomaly_map=raw["anomaly_map"]))
+    predictions = Inferencer(xml.parent).predict_arrays([i.permute(1, 2, 0).numpy() for i in images])
+    for i, prediction in enumerate(predictions):
+        assert abs(prediction.score - float(expected.pred_score[i])) <= 1e-3 * max(1.0, abs(float(expected.pred_score[i])))
+        assert np.corrcoef(prediction.anomaly_map.ravel(), expected.anomaly_map[i].numpy().ravel())[0, 1] > 0.99
     predictions, errors = run_inference(xml.parent, tiny_gpd / "p001" / "test" / "hole", tmp_path / "out")
     assert not errors and len(predictions) == 2
     assert len(list((tmp_path / "out" / "overlays").glob("*.jpg"))) == 2

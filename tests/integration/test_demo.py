@@ -30,10 +30,13 @@ def test_demo_runs_end_to_end(tmp_path):
     assert csv[0] == "path,score,label" and len(csv) == 9
 
 
-def test_infer_reports_bad_files_and_goes_on(tmp_path):
-    from anomalib_ext.deploy.openvino import collect_images, find_model_xml
+def test_infer_names_what_is_missing(tmp_path):
+    from anomalib_ext.deploy.inferencer import collect_images, resolve_model_dir
+    from anomalib_ext.deploy.metadata import ModelFilesError
 
-    with pytest.raises(FileNotFoundError, match="anomalib export"):
-        find_model_xml(tmp_path)
+    with pytest.raises(ModelFilesError, match="model.xml is missing"):
+        resolve_model_dir(tmp_path)
+    with pytest.raises(ModelFilesError, match="does not exist"):
+        resolve_model_dir(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="No images"):
         collect_images(tmp_path / "*.png")
