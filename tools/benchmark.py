@@ -7,7 +7,9 @@ anomalib's Engine: fit -> test (image AUROC, F1; pixel AUROC, AUPRO, AP) -> our 
 dynamic batch) -> NNCF INT8 calibrated on the category's ``train/good`` images -> the accuracy of both
 IRs on the test split -> latency at batch 1 (median of repeats after warm-up) and throughput at batch 8
 for torch eager, OpenVINO FP32 and INT8 on CPU. ``*_e2e_ms`` include the host steps (resize from
-the stored image, AMFS alignment and warp back); the others are the model / IR call alone.
+the stored image, AMFS alignment and warp back); the others are the model / IR call alone. FP32 and
+INT8 are timed interleaved (round by round), so a slow spell of a shared machine hits both alike;
+``--retime`` measures the OpenVINO latencies of finished jobs again from their saved IRs.
 
 Output in ``--out``: ``jobs/<job>.json`` (one per job; a finished job is not run again unless
 ``--rerun``), ``results.csv``, ``results.md``, ``auroc_vs_latency.png``, ``image_auroc_by_dataset.png``
@@ -57,14 +59,13 @@ def _evaluator():
     ])
 
 
-def _test_images(category_root: Path, size: int, count: int):
+def _test_images(samples, size: int, count: int):
     """``count`` test images (spread over the defect types) as a (count, 3, size, size) tensor in [0, 1]."""
     import torch
 
-    from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_rgb
+    from anomalib_ext.data.mvtec_like import read_rgb
 
-    samples = make_mvtec_like_samples(category_root)
-    paths = samples[samples.split == "test"].image_path.tolist()
+    paths = samples.image_path.tolist()
     picks = [paths[i * len(paths) // count] for i in range(count)]
     images = [torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float()[None] / 255 for p in picks]
     resized = [torch.nn.functional.interpolate(i, size=(size, size), mode="bilinear", antialias=True) for i in images]
@@ -95,15 +96,32 @@ def _as_batch(outputs: dict):
     return InferenceBatch(pred_score=outputs["pred_score"], anomaly_map=outputs["anomaly_map"])
 
 
-def _openvino_timings(folder: Path, raw_images, repeats: int, prefix: str) -> dict[str, Any]:
-    from anomalib_ext.deploy.inferencer import Inferencer
-    from anomalib_ext.deploy.timing import median_ms, time_openvino
+def _openvino_timings(folders: dict[str, Path], raw_images, repeats: int) -> dict[str, Any]:
+    """FP32 and INT8 timed interleaved (their ratio is the INT8 speed-up; a shared VM drifts)."""
+    from anomalib_ext.deploy.timing import compare_openvino
 
-    ir = time_openvino(folder, batch_sizes=(1, 8), repeats=repeats)
-    inferencer = Inferencer(folder)
-    e2e = median_ms(lambda: inferencer.predict_arrays(raw_images[:1]), repeats)
-    return {f"{prefix}_ms": ir["latency_ms_b1"], f"{prefix}_e2e_ms": e2e, f"{prefix}_images_per_s_b8": ir["images_per_s_b8"],
-            f"{prefix}_precision": ir["openvino_precision"].replace("<Type: '", "").replace("'>", "")}
+    row = {}
+    for prefix, timing in compare_openvino(folders, raw_images, repeats).items():
+        row.update({f"{prefix}_ms": timing["latency_ms_b1"], f"{prefix}_e2e_ms": timing["e2e_ms"],
+                    f"{prefix}_images_per_s_b8": timing["images_per_s_b8"], f"{prefix}_precision": timing["openvino_precision"]})
+    row["ov_timing"] = "interleaved"
+    return row
+
+
+def _category_root(job: dict[str, Any]) -> tuple[Path, Any]:
+    data = _import(job["data"]["class_path"])(**job["data"].get("init_args", {}))
+    return Path(data.root) / job["data"]["init_args"]["category"], data
+
+
+def retime(job: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Measure the OpenVINO latencies of a finished job again, from its saved IRs (no training)."""
+    from anomalib_ext.data.mvtec_like import make_mvtec_like_samples
+
+    category_root, _ = _category_root(job)
+    samples = make_mvtec_like_samples(category_root)
+    _, raw = _test_images(samples[samples.split == "test"], job["size"], 8)
+    work = out / "work" / job["name"]
+    return _openvino_timings({"ov_fp32": work / "openvino_fp32", "ov_int8": work / "openvino_int8"}, raw, job["repeats"])
 
 
 def run_job(job: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -132,15 +150,16 @@ def run_job(job: dict[str, Any], out: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"fit_s": time.perf_counter() - start}
     metrics = engine.test(model=model, datamodule=data, verbose=False)[0]
     row.update({k: float(v) for k, v in metrics.items()})
-    category_root = Path(data.root) / job["data"]["init_args"]["category"]
-    batch, raw = _test_images(category_root, size, 8)
+    test_samples = data.test_data.samples  # honours subsets (defect_types, max_defect_area)
+    batch, raw = _test_images(test_samples, size, 8)
     row.update(_torch_timings(model, batch, repeats))
     fp32 = export_openvino(model, work / "openvino_fp32", (size, size)).parent
-    int8 = quantize_openvino(fp32, category_root / "train" / "good", work / "openvino_int8", subset_size=job["int8_subset_size"]).parent
+    train_good = Path(data.root) / job["data"]["init_args"]["category"] / "train" / "good"  # INT8 calibration
+    int8 = quantize_openvino(fp32, train_good, work / "openvino_int8", subset_size=job["int8_subset_size"]).parent
     for prefix, folder in (("ov_fp32", fp32), ("ov_int8", int8)):
-        accuracy = evaluate_openvino(folder, category_root, progress=False)
+        accuracy = evaluate_openvino(folder, test_samples, progress=False)
         row.update({f"{prefix}_{k}": v for k, v in accuracy.items()})
-        row.update(_openvino_timings(folder, raw, repeats, prefix))
+    row.update(_openvino_timings({"ov_fp32": fp32, "ov_int8": int8}, raw, repeats))
     row["torch_threads"] = torch.get_num_threads()
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
@@ -152,6 +171,9 @@ def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
     jobs = []
     for size in config.get("sizes", [256]):
         for data_name, data in config["datasets"].items():
+            if data.get("skip_if_missing") and not (REPO / data["skip_if_missing"]).exists():
+                print(f"dataset {data_name}: {data['skip_if_missing']} is not present, skipped")
+                continue
             for model_name, model in config["models"].items():
                 jobs.append({"name": f"{model_name}__{data_name}__{size}", "model_name": model_name, "dataset": data_name,
                              "size": size, "model": model, "data": data, "seed": config.get("seed", 0),
@@ -230,8 +252,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     parser.add_argument("--only", nargs="+", help="run only jobs whose name contains one of these strings")
     parser.add_argument("--rerun", action="store_true", help="run jobs again even when their result file exists")
+    parser.add_argument("--retime", action="store_true",
+                        help="measure the OpenVINO latencies of finished jobs again from their saved IRs (interleaved FP32/INT8)")
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)  # internal: run one job file in this process
     args = parser.parse_args()
+    if args.job and args.retime:
+        job = json.loads(args.job.read_text())
+        result = args.out / "jobs" / f"{job['name']}.json"
+        row = json.loads(result.read_text())
+        row.update(retime(job, args.out))
+        result.write_text(json.dumps(row, indent=1))
+        return
     if args.job:
         job = json.loads(args.job.read_text())
         row = {"job": job["name"], "model_name": job["model_name"], "dataset": job["dataset"], "size": job["size"]}
@@ -247,6 +278,17 @@ def main() -> None:
     failed = []
     for index, job in enumerate(jobs, 1):
         result = args.out / "jobs" / f"{job['name']}.json"
+        if args.retime:
+            if not result.is_file():
+                print(f"[{index}/{len(jobs)}] {job['name']}: not run yet, nothing to retime", flush=True)
+                continue
+            spec = args.out / "jobs" / f"{job['name']}.job"
+            spec.write_text(json.dumps(job))
+            code = subprocess.call([sys.executable, __file__, "--job", str(spec), "--out", str(args.out), "--retime"], cwd=REPO)
+            print(f"[{index}/{len(jobs)}] {job['name']}: retimed" if code == 0 else f"retime FAILED (exit {code})", flush=True)
+            if code:
+                failed.append(job["name"])
+            continue
         if result.is_file() and not args.rerun:
             print(f"[{index}/{len(jobs)}] {job['name']}: done before, kept ({result})", flush=True)
             continue

@@ -42,3 +42,6 @@ def test_benchmark_grid_writes_tables_plots_and_consistent_numbers(tiny_gpd, tmp
     # A finished job is kept, not run again.
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert again.returncode == 0 and "done before, kept" in again.stdout
+    retimed = subprocess.run([*command, "--retime"], capture_output=True, text=True, timeout=300, check=False)
+    assert retimed.returncode == 0 and "retimed" in retimed.stdout, retimed.stdout[-2000:] + retimed.stderr[-2000:]
+    assert pd.read_csv(out / "results.csv").iloc[0]["ov_timing"] == "interleaved"

@@ -6,23 +6,33 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import torch
 
 from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_binary_mask
 from anomalib_ext.deploy.inferencer import Inferencer
 
 
-def evaluate_openvino(model_dir: str | Path, category_root: str | Path, batch_size: int = 8, progress: bool = True,
+def evaluate_openvino(model_dir: str | Path, test_set: str | Path | pd.DataFrame, batch_size: int = 8, progress: bool = True,
                       num_threads: int | None = None) -> dict[str, float]:
     """``image_AUROC`` (and ``pixel_AUROC`` when the set has masks) of the IR at ``model_dir``.
+
+    Args:
+        test_set: an MVTec-like category folder (its ``test`` split), or a samples table with anomalib's
+            columns ``image_path, mask_path, label_index`` (e.g. ``datamodule.test_data.samples``, which
+            honours subsets such as ``defect_types=["letter"]``).
 
     Masks are resized (nearest) to the model's input size, the frame the maps come back in — the same
     frame anomalib's evaluator scores the torch model in.
     """
     from torchmetrics.functional.classification import binary_auroc
 
-    samples = make_mvtec_like_samples(category_root)
-    test = samples[samples.split == "test"].reset_index(drop=True)
+    if isinstance(test_set, pd.DataFrame):
+        test = test_set.reset_index(drop=True)
+    else:
+        samples = make_mvtec_like_samples(test_set)
+        test = samples[samples.split == "test"].reset_index(drop=True)
+    test = test.assign(mask_path=test.mask_path.fillna("").astype(str))
     inferencer = Inferencer(model_dir, num_threads=num_threads)
     predictions, errors = inferencer.predict_paths(test.image_path.tolist(), batch_size=batch_size, progress=progress)
     if errors:
@@ -30,7 +40,7 @@ def evaluate_openvino(model_dir: str | Path, category_root: str | Path, batch_si
     scores = torch.tensor([p.score for p in predictions])
     labels = torch.tensor(test.label_index.to_numpy())
     result = {"image_AUROC": float(binary_auroc(scores, labels))}
-    if samples.attrs["task"] == "segmentation":
+    if (test.mask_path != "").any():
         height, width = inferencer.input_size
         maps, masks = [], []
         for prediction, mask_path in zip(predictions, test.mask_path, strict=True):

@@ -35,3 +35,41 @@ def time_openvino(model_dir: str | Path, batch_sizes: Sequence[int] = (1, 8), re
         result[f"latency_ms_b{batch}"] = ms
         result[f"images_per_s_b{batch}"] = batch * 1000 / ms
     return result
+
+
+def compare_openvino(folders: dict[str, str | Path], images: Sequence[np.ndarray], repeats: int = 20,
+                     num_threads: int | None = None) -> dict[str, dict[str, float | str]]:
+    """Latencies of several exports (e.g. FP32 and INT8) measured **interleaved**, so that a slow spell of
+    a shared machine hits all of them alike (their ratio is what matters).
+
+    Per export: ``latency_ms_b1`` (IR call, batch 1), ``e2e_ms`` (one RGB image through host steps + IR +
+    warp back), ``images_per_s_b8`` (IR, batch 8), ``openvino_precision``. ``images``: at least 8 RGB
+    images (H, W, 3) of the test set. Each is the median over rounds after 3 warm-up rounds.
+    """
+    from anomalib_ext.deploy.inferencer import Inferencer
+
+    inferencers = {name: Inferencer(folder, num_threads=num_threads) for name, folder in folders.items()}
+    batches = {name: np.stack([inf.prepare(image)[0] for image in images[:8]]) for name, inf in inferencers.items()}
+    tasks = {}
+    for name, inf in inferencers.items():
+        batch = batches[name]
+        tasks[(name, "latency_ms_b1")] = lambda inf=inf, batch=batch: inf.infer(batch[:1])
+        tasks[(name, "e2e_ms")] = lambda inf=inf: inf.predict_arrays(images[:1])
+        tasks[(name, "batch8_ms")] = lambda inf=inf, batch=batch: inf.infer(batch)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
+    order = list(tasks)
+    for round_index in range(3 + repeats):
+        for key in order if round_index % 2 == 0 else order[::-1]:
+            if key[1] == "batch8_ms" and round_index % 8 not in (0, 1) and round_index >= 3:
+                continue  # batch 8 is 8x the work: fewer rounds of it
+            start = time.perf_counter()
+            tasks[key]()
+            if round_index >= 3:
+                times[key].append((time.perf_counter() - start) * 1000)
+    result = {}
+    for name, inf in inferencers.items():
+        batch8 = statistics.median(times[(name, "batch8_ms")])
+        result[name] = {"latency_ms_b1": statistics.median(times[(name, "latency_ms_b1")]),
+                        "e2e_ms": statistics.median(times[(name, "e2e_ms")]), "images_per_s_b8": 8000 / batch8,
+                        "openvino_precision": inf.inference_precision.replace("<Type: '", "").replace("'>", "")}
+    return result
