@@ -198,7 +198,11 @@ def test_cli_export_quantize_infer(exported, tiny_gpd, tmp_path):
     ckpt = engine.trainer.checkpoint_callback.best_model_path
     assert main(["export", "--model", name, "--ckpt_path", ckpt, "--output", str(tmp_path / "fp32")]) == 0
     assert main(["quantize", "--model-dir", str(tmp_path / "fp32"), "--calibration", str(tiny_gpd / "p001/train/good"),
-                 "--output", str(tmp_path / "int8")]) == 0
+                 "--output", str(tmp_path / "int8"), "--eval-data", str(tiny_gpd / "p001")]) == 0
+    report = json.loads((tmp_path / "int8" / "quantization_report.json").read_text())
+    assert report["FP32"]["latency_ms_b1"] > 0 and report["INT8"]["latency_ms_b1"] > 0
+    assert report["image_AUROC_change"] == report["INT8"]["image_AUROC"] - report["FP32"]["image_AUROC"]
+    assert 0.5 < report["FP32"]["pixel_AUROC"] <= 1.0
     assert main(["infer", "--model-dir", str(tmp_path / "int8"), "--input", str(tiny_gpd / "p001/test/hole"),
                  str(tiny_gpd / "p001/test/good/*.jpg"), "--output", str(tmp_path / "out"), "--timing"]) == 0
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()

@@ -44,10 +44,13 @@ def compare_openvino(folders: dict[str, str | Path], images: Sequence[np.ndarray
 
     Per export: ``latency_ms_b1`` (IR call, batch 1), ``e2e_ms`` (one RGB image through host steps + IR +
     warp back), ``images_per_s_b8`` (IR, batch 8), ``openvino_precision``. ``images``: at least 8 RGB
-    images (H, W, 3) of the test set. Each is the median over rounds after 3 warm-up rounds.
+    images (H, W, 3) of the test set (fewer are repeated). Each is the median over rounds after 3 warm-up rounds.
     """
     from anomalib_ext.deploy.inferencer import Inferencer
 
+    if not images:
+        raise ValueError("compare_openvino needs at least one image")
+    images = (list(images) * 8)[:8]  # batch 8 from fewer images: repeat them
     inferencers = {name: Inferencer(folder, num_threads=num_threads) for name, folder in folders.items()}
     batches = {name: np.stack([inf.prepare(image)[0] for image in images[:8]]) for name, inf in inferencers.items()}
     tasks = {}
