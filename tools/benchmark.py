@@ -223,9 +223,9 @@ def _plots(table, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for model, group in table.groupby("model_name"):
-        ax.scatter(group["ov_fp32_e2e_ms"], group["image_AUROC"], label=f"{model} (OV FP32)", s=40)
-        ax.scatter(group["ov_int8_e2e_ms"], group["ov_int8_image_AUROC"], marker="x", label=f"{model} (OV INT8)", s=40)
+    for (model, group), color in zip(table.groupby("model_name"), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        ax.scatter(group["ov_fp32_e2e_ms"], group["image_AUROC"], color=color, label=f"{model} (OV FP32)", s=40)
+        ax.scatter(group["ov_int8_e2e_ms"], group["ov_int8_image_AUROC"], color=color, marker="x", label=f"{model} (OV INT8)", s=40)
         for _, row in group.iterrows():
             ax.annotate(row["dataset"], (row["ov_fp32_e2e_ms"], row["image_AUROC"]), fontsize=7, alpha=0.7)
     ax.set_xscale("log")
