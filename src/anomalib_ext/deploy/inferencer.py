@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb
-from anomalib_ext.deploy.metadata import ModelFilesError, read_metadata
+from anomalib_ext.deploy.metadata import OUTPUT_NAMES, ModelFilesError, read_metadata
 
 logger = logging.getLogger(__name__)
 NORMALIZED_THRESHOLD = 0.5
@@ -147,7 +147,13 @@ class Inferencer:
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Raw IR outputs for a (B, 3, H, W) float32 batch, by output name."""
         result = self._request(len(batch)).infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
-        return {next(iter(port.get_names())): np.asarray(value) for port, value in result.items()}
+        outputs = {}
+        for index, (port, value) in enumerate(result.items()):
+            # A port can carry several tensor names (anomalib's ONNX route adds its own); ours are
+            # anomalib's four output names, in anomalib's order.
+            known = port.get_names() & set(OUTPUT_NAMES)
+            outputs[known.pop() if known else OUTPUT_NAMES[index]] = np.asarray(value)
+        return outputs
 
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
         """Predictions for in-memory RGB images (one IR call for the whole list)."""

@@ -60,15 +60,17 @@ def compare_openvino(folders: dict[str, str | Path], images: Sequence[np.ndarray
         tasks[(name, "e2e_ms")] = lambda inf=inf: inf.predict_arrays(images[:1])
         tasks[(name, "batch8_ms")] = lambda inf=inf, batch=batch: inf.infer(batch)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
-    order = list(tasks)
-    for round_index in range(3 + repeats):
-        for key in order if round_index % 2 == 0 else order[::-1]:
-            if key[1] == "batch8_ms" and round_index % 8 not in (0, 1) and round_index >= 3:
-                continue  # batch 8 is 8x the work: fewer rounds of it
-            start = time.perf_counter()
-            tasks[key]()
-            if round_index >= 3:
-                times[key].append((time.perf_counter() - start) * 1000)
+
+    def interleaved(keys: list[tuple[str, str]], rounds: int) -> None:
+        for round_index in range(3 + rounds):  # 3 warm-up rounds
+            for key in keys if round_index % 2 == 0 else keys[::-1]:
+                start = time.perf_counter()
+                tasks[key]()
+                if round_index >= 3:
+                    times[key].append((time.perf_counter() - start) * 1000)
+
+    interleaved([key for key in tasks if key[1] != "batch8_ms"], repeats)
+    interleaved([key for key in tasks if key[1] == "batch8_ms"], max(3, repeats // 8))  # 8x the work each
     result = {}
     for name, inf in inferencers.items():
         batch8 = statistics.median(times[(name, "batch8_ms")])
