@@ -14,23 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+from anomalib_ext.deploy.timing import median_ms
 
 
 def load_resized(path: Path, size: tuple[int, int]) -> torch.Tensor:

@@ -13,13 +13,11 @@ Models with host-side state define ``export_host_steps(folder) -> dict``: it wri
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, write_metadata
+from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, staged_folder, write_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -74,18 +72,9 @@ def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tupl
     input_size = tuple(input_size) if input_size else model_input_size(model)
     if input_size is None:
         raise ValueError(f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W).")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        ov_model = convert_to_openvino(model, input_size)
-        ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+    with staged_folder(output) as staging:
+        ov.save_model(convert_to_openvino(model, input_size), staging / "model.xml", compress_to_fp16=False)
         host_steps = model.export_host_steps(staging) if hasattr(model, "export_host_steps") else {}
         write_metadata(staging, build_metadata(model, input_size, host_steps))
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("Exported %s to %s", type(model).__name__, output / "model.xml")
     return output / "model.xml"

@@ -8,6 +8,10 @@ its reference image), the precision, and which package versions wrote it.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,3 +95,20 @@ def read_metadata(folder: Path) -> dict[str, Any]:
                "version, or install the version that wrote it.")
         raise ModelVersionError(msg)
     return metadata
+
+
+@contextmanager
+def staged_folder(output: str | Path) -> Iterator[Path]:
+    """A temporary sibling of ``output`` to write an export into; it replaces ``output`` only when the
+    block succeeds, and is removed when it fails, so no export is ever left half-written."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from anomalib_ext.data.mvtec_like import read_rgb
 from anomalib_ext.deploy.inferencer import Inferencer, collect_images, resolve_model_dir
-from anomalib_ext.deploy.metadata import read_metadata, write_metadata
+from anomalib_ext.deploy.metadata import read_metadata, staged_folder, write_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -113,9 +112,7 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
     quantized = nncf.quantize(fp32_model, nncf.Dataset(usable, transform), subset_size=len(usable),
                               ignored_scope=ignored, fast_bias_correction=fast_bias_correction)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staged_folder(output) as staging:
         ov.save_model(quantized, staging / "model.xml", compress_to_fp16=False)
         for extra in folder.iterdir():  # host-step files (AMFS reference) travel with the model
             if extra.is_file() and extra.name not in {"model.xml", "model.bin", "metadata.json"}:
@@ -124,10 +121,4 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
             "tool": f"nncf {nncf.__version__}", "calibration_images": len(usable),
             "scope": scope, "fast_bias_correction": fast_bias_correction})
         write_metadata(staging, metadata)
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return output / "model.xml"
