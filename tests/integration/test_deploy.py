@@ -138,13 +138,12 @@ def test_quantize_refuses_without_calibration_data(exported, tmp_path):
     assert not (tmp_path / "int8").exists()
 
 
+@pytest.mark.parametrize("exported", ["Padim"], indirect=True)  # model-independent: one model is enough
 def test_inferencer_reports_bad_inputs_and_runs_the_rest(exported, tiny_gpd, tmp_path):
     from anomalib_ext.deploy import Inferencer
     from anomalib_ext.deploy.metadata import ModelFilesError, ModelVersionError
 
-    name, _, folder, _ = exported
-    if name != "Padim":
-        pytest.skip("model-independent checks: once is enough")
+    _, _, folder, _ = exported
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not an image")
     good = sorted((tiny_gpd / "p001" / "test" / "good").glob("*.jpg"))[:2]
@@ -173,12 +172,11 @@ def test_inferencer_reports_bad_inputs_and_runs_the_rest(exported, tiny_gpd, tmp
         Inferencer(old)
 
 
+@pytest.mark.parametrize("exported", ["Padim"], indirect=True)
 def test_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
     from anomalib_ext.deploy import export
 
-    name, model, _, _ = exported
-    if name != "Padim":
-        pytest.skip("model-independent check")
+    _, model, _, _ = exported
 
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
@@ -189,12 +187,11 @@ def test_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
     assert list((tmp_path / "out").iterdir()) == []  # neither the export nor its staging folder
 
 
+@pytest.mark.parametrize("exported", ["Patchcore"], indirect=True)  # one model is enough for the command line
 def test_cli_export_quantize_infer(exported, tiny_gpd, tmp_path):
     from anomalib_ext.cli import main
 
     name, _, _, engine = exported
-    if name != "Patchcore":
-        pytest.skip("one model is enough for the command line")
     ckpt = engine.trainer.checkpoint_callback.best_model_path
     assert main(["export", "--model", name, "--ckpt_path", ckpt, "--output", str(tmp_path / "fp32")]) == 0
     assert main(["quantize", "--model-dir", str(tmp_path / "fp32"), "--calibration", str(tiny_gpd / "p001/train/good"),
