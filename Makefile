@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test bench-coreset clean
+.PHONY: setup demo test benchmark bench-coreset clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ demo: setup  ## the main job: SyntheticGPD -> train -> test -> OpenVINO export -
 
 test: setup  ## the test suite
 	$(BIN)/python -m pytest -q tests
+
+benchmark: setup  ## the README benchmark grid (AMFS, Patchcore, Padim on ../shared/data + SyntheticGPD, 256 px; ~75 min on 2 cores)
+	$(BIN)/python tools/benchmark.py --config configs/benchmark/default.yaml --out results/benchmark
 
 bench-coreset: setup  ## our coreset vs anomalib's KCenterGreedy on 335 magnetic_tile images (~25 min)
 	$(BIN)/python tools/bench_coreset.py --images ../shared/data/magnetic_tile/train/good --limit 335 --size 256 --out results/coreset_bench_335.json
