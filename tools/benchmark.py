@@ -108,16 +108,16 @@ def _openvino_timings(folders: dict[str, Path], raw_images, repeats: int) -> dic
     return row
 
 
-def _category_root(job: dict[str, Any]) -> tuple[Path, Any]:
+def _category_root(job: dict[str, Any]) -> Path:
     data = _import(job["data"]["class_path"])(**job["data"].get("init_args", {}))
-    return Path(data.root) / job["data"]["init_args"]["category"], data
+    return Path(data.root) / job["data"]["init_args"]["category"]
 
 
 def retime(job: dict[str, Any], out: Path) -> dict[str, Any]:
     """Measure the OpenVINO latencies of a finished job again, from its saved IRs (no training)."""
     from anomalib_ext.data.mvtec_like import make_mvtec_like_samples
 
-    category_root, _ = _category_root(job)
+    category_root = _category_root(job)
     samples = make_mvtec_like_samples(category_root)
     _, raw = _test_images(samples[samples.split == "test"], job["size"], 8)
     work = out / "work" / job["name"]

@@ -17,17 +17,16 @@ from pathlib import Path
 
 import torch
 
-from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, staged_folder, write_metadata
+from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, pre_processor_steps, staged_folder, write_metadata
 
 logger = logging.getLogger(__name__)
 
 
 def model_input_size(model) -> tuple[int, int] | None:
     """The size of the first ``Resize`` in the model's pre-processor, if any."""
-    from torchvision.transforms.v2 import Compose, Resize
+    from torchvision.transforms.v2 import Resize
 
-    transform = getattr(getattr(model, "pre_processor", None), "transform", None)
-    for step in transform.transforms if isinstance(transform, Compose) else [transform]:
+    for step in pre_processor_steps(model):
         if isinstance(step, Resize) and step.size is not None and len(step.size) == 2:
             return tuple(int(s) for s in step.size)
     return None

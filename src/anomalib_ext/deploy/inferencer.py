@@ -158,8 +158,12 @@ class Inferencer:
     def predict_arrays(self, images: Sequence[np.ndarray], names: Sequence[str] | None = None) -> list[Prediction]:
         """Predictions for in-memory RGB images (one IR call for the whole list)."""
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
-        prepared = [self.prepare(image, name) for image, name in zip(images, names, strict=True)]
-        return self._predict_prepared(prepared, names, [0.0] * len(prepared))
+        prepared, host_ms = [], []
+        for image, name in zip(images, names, strict=True):
+            start = time.perf_counter()
+            prepared.append(self.prepare(image, name))
+            host_ms.append((time.perf_counter() - start) * 1000)  # the host-step share of Prediction.time_ms
+        return self._predict_prepared(prepared, names, host_ms)
 
     def _predict_prepared(self, prepared, names, host_ms) -> list[Prediction]:
         start = time.perf_counter()
@@ -187,13 +191,14 @@ class Inferencer:
             for path in paths[first:first + batch_size]:
                 start = time.perf_counter()
                 try:
-                    prepared.append(self.prepare(read_rgb(path), str(path)))
+                    item = self.prepare(read_rgb(path), str(path))
                 except (OSError, ValueError) as error:
                     errors.append(f"{path}: {error}")
                     logger.error("Skipped %s: %s", path, error)
                     continue
+                prepared.append(item)
                 names.append(str(path))
-                host_ms.append((time.perf_counter() - start) * 1000)
+                host_ms.append((time.perf_counter() - start) * 1000)  # reading the file included
             if prepared:
                 predictions.extend(self._predict_prepared(prepared, names, host_ms))
             bar.update(len(paths[first:first + batch_size]))

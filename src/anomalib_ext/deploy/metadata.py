@@ -38,13 +38,21 @@ def _versions() -> dict[str, str]:
     return {"anomalib_ext": anomalib_ext.__version__, "anomalib": anomalib.__version__, "openvino": openvino.__version__}
 
 
-def _normalization(model) -> dict[str, Any] | None:
-    """Mean/std of a ``Normalize`` in the model's pre-processor (it runs inside the IR), if any."""
-    from torchvision.transforms.v2 import Compose, Normalize
+def pre_processor_steps(model) -> list:
+    """The transforms of the model's pre-processor, in order (empty without one)."""
+    from torchvision.transforms.v2 import Compose
 
     transform = getattr(getattr(model, "pre_processor", None), "transform", None)
-    steps = transform.transforms if isinstance(transform, Compose) else [transform]
-    for step in steps:
+    if transform is None:
+        return []
+    return list(transform.transforms) if isinstance(transform, Compose) else [transform]
+
+
+def _normalization(model) -> dict[str, Any] | None:
+    """Mean/std of a ``Normalize`` in the model's pre-processor (it runs inside the IR), if any."""
+    from torchvision.transforms.v2 import Normalize
+
+    for step in pre_processor_steps(model):
         if isinstance(step, Normalize):
             return {"mean": list(step.mean), "std": list(step.std), "in_graph": True}
     return None
