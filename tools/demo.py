@@ -71,13 +71,13 @@ def main() -> None:
     infer_in.mkdir(parents=True, exist_ok=True)
     for p in picks:
         (infer_in / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
-    predictions, errors = run_inference(xml_dir, infer_in, args.out / "openvino_predictions")
+    results = run_inference(xml_dir, infer_in, args.out / "openvino_predictions")
     summary = {
         "model": args.model, "input_size": size, "data": str(datamodule.root), "category": args.category, "fit_seconds": round(fit_s, 1),
         "test_metrics": {k: round(float(v), 4) for k, v in metrics.items()},
         "openvino_model": str(xml_dir / "model.xml"),
-        "openvino_predictions": {Path(p.path).name: round(p.score, 4) for p in predictions},
-        "errors": errors,
+        "openvino_predictions": {Path(r.path).name: round(r.prediction.score, 4) for r in results if r.prediction},
+        "errors": [f"{r.path}: {r.error}" for r in results if r.error],
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))

@@ -37,11 +37,15 @@ def register() -> None:
 
     Idempotent. Also points timm at the offline ImageNet weights (see
     :func:`anomalib_ext.backbones.enable_offline_weights`) so built-in models such as Patchcore can
-    use ``tf_efficientnet_lite0/2`` with no network.
+    use ``tf_efficientnet_lite0/2`` with no network, makes unavailable weights fail in a moment
+    instead of retrying downloads, and declines OpenVINO/NNCF telemetry (:mod:`anomalib_ext.offline`).
     """
     global _registered  # noqa: PLW0603 - one registration per process
     if _registered:
         return
+    from anomalib_ext.offline import disable_telemetry
+
+    disable_telemetry()  # before anomalib's imports, which may import OpenVINO
     import anomalib.data
     import anomalib.models
 

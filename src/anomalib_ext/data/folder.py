@@ -20,6 +20,7 @@ from anomalib_ext.data.mvtec_like import (
     make_mvtec_like_samples,
     read_binary_mask,
     read_rgb,
+    validate_samples,
 )
 
 DEFAULT_SMALL_DEFECT_AREA = 0.01  # "small-scale" defect: its mask covers < 1% of the image
@@ -184,6 +185,8 @@ class MVTecLikeFolder(AnomalibDataModule):
 
     def _setup(self, _stage: str | None = None) -> None:
         samples = self.make_samples()
+        # Every header and mask size now, so a bad file stops the run before the fit, not after it.
+        validate_samples(samples)
         task = samples.attrs["task"]
         self.train_data = MVTecLikeDataset(samples[samples.split == "train"], task)
         self.test_data = MVTecLikeDataset(samples[samples.split == "test"], task)

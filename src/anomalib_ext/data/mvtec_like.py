@@ -12,6 +12,7 @@ are JPEG and GPD masks may be JPEG (thresholded here), so we pair masks by stem 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,32 +20,57 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
+from anomalib_ext.errors import AnomalibExtError
+
+logger = logging.getLogger(__name__)
+
+# Matched case-insensitively everywhere (``.PNG``, ``.JPG`` and ``_MASK`` included).
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-MASK_SUFFIXES = ("", "_mask")
+MASK_SUFFIX = "_mask"
 # JPEG masks carry compression noise around 0 and 255: threshold in the middle.
 MASK_THRESHOLD = 127
+# 16-bit greyscale images (PIL modes "I;16*", "I") are scaled to 8 bits by this factor (65535 / 255).
+SIXTEEN_BIT_SCALE = 257
+# Models resize every image to a (mostly square) input: images much smaller, or of a far more
+# elongated shape, lose or distort what the model sees. Warned about, not refused.
+MIN_IMAGE_SIDE = 32
+MAX_ASPECT_CHANGE = 4.0
 
 
-class DatasetLayoutError(FileNotFoundError):
+class DatasetLayoutError(AnomalibExtError, FileNotFoundError):
     """A dataset folder does not have the expected layout."""
 
 
-class MaskMismatchError(ValueError):
+class MaskMismatchError(AnomalibExtError, ValueError):
     """A defect image and its ground-truth mask do not belong together."""
 
 
+class DatasetValidationError(AnomalibExtError, ValueError):
+    """Images or masks of a dataset that cannot be used (found before any training)."""
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if _is_image(p))
 
 
-def _find_mask(ground_truth: Path, defect_type: str, stem: str) -> Path | None:
-    folder = ground_truth / defect_type
-    for suffix in MASK_SUFFIXES:
-        for ext in IMAGE_EXTENSIONS:
-            candidate = folder / f"{stem}{suffix}{ext}"
-            if candidate.is_file():
-                return candidate
-    return None
+def _mask_stem(mask: Path) -> str:
+    """The image stem a mask belongs to: ``000.png`` and ``000_mask.PNG`` both belong to ``000``."""
+    stem = mask.stem
+    return stem[: -len(MASK_SUFFIX)] if stem.lower().endswith(MASK_SUFFIX) else stem
+
+
+def _masks_by_stem(folder: Path) -> dict[str, Path]:
+    """Mask files of one defect-type folder by the stem of their image (``<stem>`` before ``<stem>_mask``)."""
+    if not folder.is_dir():
+        return {}
+    masks: dict[str, Path] = {}
+    for mask in sorted(_images_in(folder), key=lambda p: (p.stem.lower().endswith(MASK_SUFFIX), p.name)):
+        masks.setdefault(_mask_stem(mask), mask)
+    return masks
 
 
 def make_mvtec_like_samples(category_root: str | Path, category: str | None = None) -> pd.DataFrame:
@@ -70,15 +96,23 @@ def make_mvtec_like_samples(category_root: str | Path, category: str | None = No
     rows = [("train", "good", p, None) for p in _images_in(train_good)]
     if not rows:
         raise DatasetLayoutError(f"{train_good} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
-    missing_masks = []
+    missing_masks, unmatched = [], []
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
-        for image in _images_in(type_dir):
+        masks = _masks_by_stem(ground_truth / type_dir.name) if type_dir.name != "good" else {}
+        images = _images_in(type_dir)
+        for image in images:
             mask = None
             if type_dir.name != "good":
-                mask = _find_mask(ground_truth, type_dir.name, image.stem)
+                mask = masks.get(image.stem)
                 if mask is None:
                     missing_masks.append(image)
             rows.append(("test", type_dir.name, image, mask))
+        stems = {image.stem for image in images}
+        unmatched += [mask for stem, mask in masks.items() if stem not in stems]
+    if unmatched:
+        shown = ", ".join(str(p) for p in unmatched[:3])
+        logger.warning("%d mask(s) in %s belong to no test image (e.g. %s): check their names (<stem>.png or "
+                       "<stem>_mask.png beside test/<type>/<stem>.*) or remove them.", len(unmatched), ground_truth, shown)
     n_defects = sum(1 for r in rows if r[1] != "good")
     if 0 < len(missing_masks) < n_defects:
         shown = ", ".join(str(p) for p in missing_masks[:3])
@@ -103,10 +137,32 @@ def make_mvtec_like_samples(category_root: str | Path, category: str | None = No
     return samples
 
 
+def _grey_16bit(image: Image.Image) -> np.ndarray | None:
+    """A 16-bit greyscale image (PIL modes "I;16*", "I") scaled to uint8, else ``None``; float images are refused.
+
+    PIL's own ``convert("RGB"/"L")`` clips such images to 255 (pure white) instead of scaling them.
+    """
+    if image.mode == "F":
+        raise ValueError("floating-point images are not supported; save it as 8- or 16-bit PNG or TIFF")
+    if not (image.mode.startswith("I;16") or image.mode == "I"):
+        return None
+    values = np.asarray(image, dtype=np.float64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"pixel values {values.min():.0f}..{values.max():.0f} are outside the 16-bit range")
+    return np.round(values / SIXTEEN_BIT_SCALE).astype(np.uint8)
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
-    """Read an image as HxWx3 uint8 RGB (grey and RGBA are converted), with a clear error if unreadable."""
+    """Read an image as HxWx3 uint8 RGB with a clear error if unreadable.
+
+    Grey, palette and RGBA images are converted; 16-bit images are scaled to 8 bits (grey ones by
+    PIL would be clipped to white otherwise); floating-point images are refused.
+    """
     try:
         with Image.open(path) as image:
+            grey = _grey_16bit(image)
+            if grey is not None:
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.array(image.convert("RGB"))  # a writable copy (torch.from_numpy warns on read-only)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         msg = f"Cannot read image {path}: {error}. Replace or delete the file (it may be truncated or not an image)."
@@ -114,20 +170,84 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def read_binary_mask(path: str | Path, image_path: str | Path | None = None, shape: Sequence[int] | None = None) -> np.ndarray:
-    """Read a mask as HxW bool (``> 127``, so JPEG masks work) and check it matches the image size."""
+    """Read a mask as HxW bool and check it matches the image size.
+
+    ``> 127`` of the 8-bit grey value (so JPEG masks work; 16-bit masks are scaled first); a mask
+    whose values are only 0 and 1 is taken as it is.
+    """
     try:
         with Image.open(path) as mask_image:
-            mask = np.asarray(mask_image.convert("L")) > MASK_THRESHOLD
+            values = _grey_16bit(mask_image)
+            values = np.asarray(mask_image.convert("L")) if values is None else values
     except (UnidentifiedImageError, OSError, ValueError) as error:
         msg = f"Cannot read mask {path}: {error}. Replace the mask file of {image_path}."
         raise OSError(msg) from error
+    mask = values > 0 if values.max(initial=0) <= 1 else values > MASK_THRESHOLD
     if shape is not None and tuple(mask.shape) != tuple(shape[:2]):
-        msg = (
-            f"Mask {path} is {mask.shape[1]}x{mask.shape[0]} but its image {image_path} is "
-            f"{shape[1]}x{shape[0]}: resize the mask to the image (nearest neighbour) or fix the pairing."
-        )
-        raise MaskMismatchError(msg)
+        raise MaskMismatchError(_size_mismatch(path, mask.shape, image_path, shape))
     return mask
+
+
+def _size_mismatch(mask_path, mask_shape, image_path, image_shape) -> str:
+    return (f"Mask {mask_path} is {mask_shape[1]}x{mask_shape[0]} but its image {image_path} is "
+            f"{image_shape[1]}x{image_shape[0]}: resize the mask to the image (nearest neighbour) or fix the pairing.")
+
+
+def unusual_shape(name: str | Path, shape: Sequence[int], input_size: Sequence[int] | None = None) -> str | None:
+    """A warning for an image much smaller than a model input, or far from the input's aspect ratio."""
+    height, width = int(shape[0]), int(shape[1])
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"{name} is only {width}x{height} pixels: the model resizes it up and will see little detail."
+    target = input_size[1] / input_size[0] if input_size else 1.0
+    change = (width / height) / target
+    if max(change, 1 / change) > MAX_ASPECT_CHANGE:
+        return (f"{name} is {width}x{height}, far from the model's input aspect "
+                f"({'x'.join(str(s) for s in reversed(input_size)) if input_size else 'square'}): it will be "
+                "stretched; crop it to the part to inspect first.")
+    return None
+
+
+def _header(path: str) -> tuple[tuple[int, int], str]:
+    """(H, W) and PIL mode from the file header (no decoding); PNGs also have their chunk checksums verified."""
+    with Image.open(path) as image:
+        size, mode = (image.height, image.width), image.mode
+        if image.format == "PNG":
+            image.verify()  # cheap: checks every chunk's CRC, so a truncated PNG is caught here
+    return size, mode
+
+
+def validate_samples(samples: pd.DataFrame) -> None:
+    """Check every image header and mask size of a samples table before any training.
+
+    A corrupt or unreadable image, a float image, or a mask whose size differs from its image is
+    collected, and all are reported together in one :class:`DatasetValidationError`. Tiny or very
+    elongated images are warned about.
+    """
+    problems: list[str] = []
+    for row in samples.itertuples():
+        try:
+            shape, mode = _header(row.image_path)
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+            problems.append(f"{row.image_path}: cannot be read as an image ({error}); replace or delete it")
+            continue
+        if mode == "F":
+            problems.append(f"{row.image_path}: floating-point image; save it as 8- or 16-bit")
+        warning = unusual_shape(row.image_path, shape)
+        if warning:
+            logger.warning(warning)
+        if row.mask_path:
+            try:
+                mask_shape, _ = _header(row.mask_path)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+                problems.append(f"{row.mask_path}: the mask cannot be read ({error}); replace it")
+                continue
+            if mask_shape != shape:
+                problems.append(_size_mismatch(row.mask_path, mask_shape, row.image_path, shape))
+    if problems:
+        shown = "\n  ".join(problems[:10])
+        more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
+        raise DatasetValidationError(f"{len(problems)} file(s) of the dataset cannot be used (checked before training):"
+                                     f"\n  {shown}{more}")
 
 
 def defect_area_fraction(mask_path: str) -> float:

@@ -1,103 +1,163 @@
-"""``anomalib-ext export | quantize | infer``: the deployment commands (argparse; each returns an exit code)."""
+"""``anomalib-ext export | quantize | infer``: the deployment commands (argparse; each returns an exit code).
+
+Exit codes (:mod:`anomalib_ext.errors`): 0 done; 1 ``infer`` ran but some images failed (listed in
+``scores.csv``; ``--allow-errors`` keeps 0); 2 bad arguments or inputs, with a one-line message naming
+the file and the fix, and nothing written.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from anomalib_ext.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, AnomalibExtError
 
 logger = logging.getLogger(__name__)
 
 
-def load_model(name: str, ckpt_path: str | Path):
-    """A trained model from a checkpoint; ``name`` is a class name known to anomalib (ours included) or a class path."""
-    import importlib
-
-    import anomalib.models
-
-    from anomalib_ext import register
-
-    register()
-    if "." in name:
-        module, _, attr = name.rpartition(".")
-        cls = getattr(importlib.import_module(module), attr)
-    else:
-        matches = {n.lower(): n for n in dir(anomalib.models)}
-        if name.lower() not in matches:
-            raise ValueError(f"Unknown model {name!r}: give an anomalib model name (Patchcore, Padim, AMFS, ...) or a class path.")
-        cls = getattr(anomalib.models, matches[name.lower()])
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"Checkpoint {ckpt_path} does not exist (anomalib writes them under results/<model>/.../weights/lightning/).")
-    # strict=False: checkpoints from runs with extra evaluator metrics carry their (unused) state.
-    return cls.load_from_checkpoint(str(ckpt_path), map_location="cpu", strict=False, weights_only=False)
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
-def export_main(argv: Sequence[str] | None = None) -> int:
-    """Export a checkpoint to OpenVINO (FP32 IR, dynamic batch) + metadata.json."""
-    from anomalib_ext.deploy.export import export_openvino
+def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[Sequence[str] | None], int]]:
+    """Parse with the decorated function's parser, run it with telemetry off, and print our errors in one line."""
 
-    parser = argparse.ArgumentParser(prog="anomalib-ext export", description=export_main.__doc__)
+    def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[Sequence[str] | None], int]:
+        @functools.wraps(run)
+        def main(argv: Sequence[str] | None = None) -> int:
+            from anomalib_ext.offline import disable_telemetry
+
+            disable_telemetry()
+            parser = argparse.ArgumentParser(prog=f"anomalib-ext {name}", description=run.__doc__)
+            PARSERS[name](parser)
+            args = parser.parse_args(argv)
+            try:
+                return run(args)
+            except AnomalibExtError as error:
+                print(f"anomalib-ext {name}: error: {error}", file=sys.stderr)
+                return EXIT_USAGE
+
+        return main
+
+    return decorate
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model class name (AMFS, Patchcore, Padim, ...) or class path")
     parser.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", required=True)
     parser.add_argument("--output", required=True, type=Path, help="export folder (model.xml, model.bin, metadata.json)")
-    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), help="default: the model's pre-processor size")
-    args = parser.parse_args(argv)
-    xml = export_openvino(load_model(args.model, args.ckpt_path), args.output, args.input_size)
-    print(f"Exported {xml}")
-    return 0
+    parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"), help="default: the model's pre-processor size")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is not an export (only the export's files are written; nothing is removed)")
 
 
-def quantize_main(argv: Sequence[str] | None = None) -> int:
-    """Quantise an FP32 export to INT8 with NNCF; with --eval-data, report the accuracy change and speed-up."""
-    from anomalib_ext.deploy.quantize import quantize_openvino
+def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
+    from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES
 
-    parser = argparse.ArgumentParser(prog="anomalib-ext quantize", description=quantize_main.__doc__)
     parser.add_argument("--model-dir", required=True, type=Path, help="the FP32 export folder")
     parser.add_argument("--calibration", required=True, help="normal training images: folder, glob or file (e.g. ROOT/CAT/train/good)")
-    parser.add_argument("--output", required=True, type=Path, help="the INT8 export folder")
-    parser.add_argument("--subset-size", type=int, default=300)
+    parser.add_argument("--output", required=True, type=Path, help="the INT8 export folder (not the FP32 one)")
+    parser.add_argument("--subset-size", type=positive_int, default=300,
+                        help=f"at most this many calibration images (default 300; below {MIN_CALIBRATION_IMAGES} a warning)")
     parser.add_argument("--scope", choices=["backbone", "all"], default="backbone",
                         help="backbone: only the feature extractor's convolutions (default); all: NNCF's choice over the whole graph")
     parser.add_argument("--fast-bias-correction", action="store_true", help="NNCF's fast bias correction (quicker; broke AMFS in our tests)")
     parser.add_argument("--eval-data", type=Path, help="an MVTec-like category folder: compare FP32 and INT8 accuracy and latency")
-    args = parser.parse_args(argv)
-    xml = quantize_openvino(args.model_dir, args.calibration, args.output, args.subset_size, args.scope, args.fast_bias_correction)
-    print(f"Quantised {xml}")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is not an export (only the export's files are written; nothing is removed)")
+
+
+def _infer_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model-dir", required=True, help="export folder (model.xml + metadata.json) or its .xml")
+    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs (output folders are skipped)")
+    parser.add_argument("--output", required=True, type=Path)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--device", default="CPU")
+    parser.add_argument("--threads", type=positive_int, default=None, help="OpenVINO inference threads (default: all cores)")
+    parser.add_argument("--timing", action="store_true", help="add per-image time (ms) to scores.csv")
+    parser.add_argument("--allow-errors", action="store_true", help="exit 0 even when some images could not be used")
+
+
+PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
+    "export": _export_arguments, "quantize": _quantize_arguments, "infer": _infer_arguments,
+}
+
+
+@_command("export")
+def export_main(args: argparse.Namespace) -> int:
+    """Export a checkpoint to OpenVINO (FP32 IR, dynamic batch) + metadata.json."""
+    from anomalib_ext.deploy.checkpoint import load_model
+    from anomalib_ext.deploy.export import export_openvino
+    from anomalib_ext.deploy.folders import check_export_target
+
+    check_export_target(args.output, [args.ckpt_path], args.overwrite)  # before loading the model
+    model = load_model(args.model, args.ckpt_path)
+    xml = export_openvino(model, args.output, args.input_size, overwrite=args.overwrite, inputs=[args.ckpt_path])
+    print(f"Exported {xml}")
+    return EXIT_OK
+
+
+def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict:
+    from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_rgb
+    from anomalib_ext.deploy.evaluate import evaluate_openvino
+    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.deploy.timing import compare_openvino
+
+    folders = {"FP32": model_dir, "INT8": output}
+    test = make_mvtec_like_samples(eval_data).query("split == 'test'").image_path.tolist()
+    images = [read_rgb(p) for p in test[:: max(1, len(test) // 8)][:8]]
+    timings = compare_openvino(folders, images)
+    report = {name: {**evaluate_openvino(folder, eval_data), **timings[name]} for name, folder in folders.items()}
+    report["calibration_images"] = read_metadata(output)["quantization"]["calibration_images"]
+    report["image_AUROC_change"] = report["INT8"]["image_AUROC"] - report["FP32"]["image_AUROC"]
+    report["speedup_batch1"] = report["FP32"]["latency_ms_b1"] / report["INT8"]["latency_ms_b1"]
+    report["speedup_batch8"] = report["INT8"]["images_per_s_b8"] / report["FP32"]["images_per_s_b8"]
+    return report
+
+
+@_command("quantize")
+def quantize_main(args: argparse.Namespace) -> int:
+    """Quantise an FP32 export to INT8 with NNCF; with --eval-data, report the accuracy change and speed-up."""
+    from anomalib_ext.deploy.folders import write_bytes_atomic
+    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES, quantize_openvino
+
+    xml = quantize_openvino(args.model_dir, args.calibration, args.output, args.subset_size, args.scope,
+                            args.fast_bias_correction, overwrite=args.overwrite)
+    used = read_metadata(xml.parent)["quantization"]["calibration_images"]
+    low = f" (fewer than the {MIN_CALIBRATION_IMAGES} recommended)" if used < MIN_CALIBRATION_IMAGES else ""
+    print(f"Quantised {xml} with {used} calibration image(s){low}")
     if args.eval_data:
-        from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_rgb
-        from anomalib_ext.deploy.evaluate import evaluate_openvino
-        from anomalib_ext.deploy.timing import compare_openvino
-
-        folders = {"FP32": args.model_dir, "INT8": args.output}
-        test = make_mvtec_like_samples(args.eval_data).query("split == 'test'").image_path.tolist()
-        images = [read_rgb(p) for p in test[:: max(1, len(test) // 8)][:8]]
-        timings = compare_openvino(folders, images)
-        report = {name: {**evaluate_openvino(folder, args.eval_data), **timings[name]} for name, folder in folders.items()}
-        report["image_AUROC_change"] = report["INT8"]["image_AUROC"] - report["FP32"]["image_AUROC"]
-        report["speedup_batch1"] = report["FP32"]["latency_ms_b1"] / report["INT8"]["latency_ms_b1"]
-        report["speedup_batch8"] = report["INT8"]["images_per_s_b8"] / report["FP32"]["images_per_s_b8"]
+        report = _quantization_report(args.model_dir, args.output, args.eval_data)
         print(json.dumps(report, indent=1))
-        (Path(args.output) / "quantization_report.json").write_text(json.dumps(report, indent=1))
-    return 0
+        write_bytes_atomic(Path(args.output) / "quantization_report.json", json.dumps(report, indent=1).encode())
+    return EXIT_OK
 
 
-def infer_main(argv: Sequence[str] | None = None) -> int:
+@_command("infer")
+def infer_main(args: argparse.Namespace) -> int:
     """Run an exported model on a file, folder or glob; write maps, masks, overlays and scores.csv."""
     from anomalib_ext.deploy.outputs import run_inference
 
-    parser = argparse.ArgumentParser(prog="anomalib-ext infer", description=infer_main.__doc__)
-    parser.add_argument("--model-dir", required=True, help="export folder (model.xml + metadata.json) or its .xml")
-    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs")
-    parser.add_argument("--output", required=True, type=Path)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="CPU")
-    parser.add_argument("--threads", type=int, default=None, help="OpenVINO inference threads (default: all cores)")
-    parser.add_argument("--timing", action="store_true", help="add per-image time (ms) to scores.csv")
-    args = parser.parse_args(argv)
-    predictions, errors = run_inference(args.model_dir, args.input, args.output, args.device, args.batch_size, args.timing, args.threads)
-    print(f"{len(predictions)} images -> {args.output}/scores.csv, maps/, masks/, overlays/")
-    for error in errors:
-        print(f"ERROR {error}")
-    return 1 if errors and not predictions else 0
+    results = run_inference(args.model_dir, args.input, args.output, args.device, args.batch_size, args.timing, args.threads)
+    failed = [r for r in results if r.error]
+    print(f"{len(results) - len(failed)} of {len(results)} images -> {args.output}/scores.csv, maps/, masks/, overlays/")
+    for result in failed:
+        print(f"ERROR {result.path}: {result.error}", file=sys.stderr)
+    if failed and not args.allow_errors:
+        print(f"{len(failed)} image(s) failed (status 'error' in scores.csv); exit {EXIT_SOME_FAILED} "
+              "(--allow-errors to exit 0).", file=sys.stderr)
+        return EXIT_SOME_FAILED
+    return EXIT_OK

@@ -13,11 +13,13 @@ Models with host-side state define ``export_host_steps(folder) -> dict``: it wri
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, pre_processor_steps, staged_folder, write_metadata
+from anomalib_ext.deploy.folders import staged_folder
+from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, pre_processor_steps, write_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +61,15 @@ def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]):
     return ov_model
 
 
-def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tuple[int, int] | None = None) -> Path:
+def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tuple[int, int] | None = None,
+                    overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
     """Write ``model.xml/.bin`` (FP32, dynamic batch), host-step files and ``metadata.json`` to ``output``.
 
     The folder is written in a temporary sibling and moved into place at the end, so a failed export
-    leaves nothing half-written (an existing export at ``output`` is replaced only on success).
+    leaves nothing half-written; an earlier export at ``output`` is replaced only on success, and only
+    its own files. A non-empty folder that is not an export is refused unless ``overwrite`` (and then
+    only the export's files are written into it); ``inputs`` (e.g. the checkpoint) are protected:
+    see :func:`anomalib_ext.deploy.folders.check_export_target`.
     """
     import openvino as ov
 
@@ -71,7 +77,7 @@ def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tupl
     input_size = tuple(input_size) if input_size else model_input_size(model)
     if input_size is None:
         raise ValueError(f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W).")
-    with staged_folder(output) as staging:
+    with staged_folder(output, inputs, overwrite) as staging:
         ov.save_model(convert_to_openvino(model, input_size), staging / "model.xml", compress_to_fp16=False)
         host_steps = model.export_host_steps(staging) if hasattr(model, "export_host_steps") else {}
         write_metadata(staging, build_metadata(model, input_size, host_steps))

@@ -15,7 +15,7 @@ import dataclasses
 import glob
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb
+from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb, unusual_shape
+from anomalib_ext.deploy.folders import is_output_folder
 from anomalib_ext.deploy.metadata import OUTPUT_NAMES, ModelFilesError, read_metadata
+from anomalib_ext.errors import AnomalibExtError
 
 logger = logging.getLogger(__name__)
 NORMALIZED_THRESHOLD = 0.5
@@ -40,10 +42,28 @@ class Prediction:
     time_ms: float | None = None  # host steps of this image + its share of the batch's IR call
 
 
-def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
-    """A file, every image in a folder (recursively), a glob pattern, or a list of these."""
+class NoImagesError(AnomalibExtError, FileNotFoundError):
+    """An input file, folder or glob with no images."""
+
+
+def _excluded(path: Path, exclude: Sequence[Path]) -> bool:
+    """Inside one of ``exclude``, or inside a folder ``anomalib-ext infer`` wrote (earlier results)."""
+    resolved = path.resolve()
+    if any(folder == resolved or folder in resolved.parents for folder in exclude):
+        return True
+    return any(is_output_folder(parent) for parent in path.parents)
+
+
+def collect_images(inputs: str | Path | Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[Path]:
+    """A file, every image in a folder (recursively), a glob pattern, or a list of these.
+
+    Searches (folders, globs) skip ``exclude`` (e.g. the run's own output folder) and every folder
+    an earlier ``anomalib-ext infer`` wrote, so results are never read back as inputs. A file named
+    explicitly is always taken.
+    """
+    exclude = [Path(e).resolve() for e in exclude]
     if isinstance(inputs, (list, tuple)):
-        return [p for item in inputs for p in collect_images(item)]
+        return [p for item in inputs for p in collect_images(item, exclude)]
     path = Path(inputs)
     if path.is_file():
         return [path]
@@ -51,8 +71,9 @@ def collect_images(inputs: str | Path | Sequence[str | Path]) -> list[Path]:
         found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
         found = sorted(Path(p) for p in glob.glob(str(inputs), recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
+    found = [p for p in found if p.is_file() and not _excluded(p, exclude)]
     if not found:
-        raise FileNotFoundError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found at {inputs}: give a file, a folder or a glob.")
+        raise NoImagesError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found at {inputs}: give a file, a folder or a glob.")
     return found
 
 
@@ -67,6 +88,16 @@ def resolve_model_dir(model_dir: str | Path) -> tuple[Path, Path]:
         if not needed.is_file():
             raise ModelFilesError(f"{needed} is missing from the export folder {folder}: export the model again (anomalib-ext export).")
     return folder, xml
+
+
+def read_ir(core, xml: Path):
+    """``core.read_model`` with a clear error for a damaged IR (a truncated ``model.bin``, an edited ``.xml``)."""
+    try:
+        return core.read_model(str(xml))
+    except RuntimeError as error:
+        reason = next((line.strip() for line in reversed(str(error).splitlines()) if line.strip()), "unreadable")
+        raise ModelFilesError(f"{xml} with {xml.with_suffix('.bin').name} cannot be read ({reason}): the export is "
+                              "damaged or incomplete. Export the model again (anomalib-ext export).") from error
 
 
 def check_image(image: np.ndarray, name: str) -> np.ndarray:
@@ -95,7 +126,7 @@ class Inferencer:
         self.device = device
         self.config = {"INFERENCE_NUM_THREADS": int(num_threads)} if num_threads else {}
         self.core = ov.Core()
-        self.model = self.core.read_model(str(self.xml))
+        self.model = read_ir(self.core, self.xml)
         self._requests: dict[int, object] = {}  # batch size -> infer request of a static-shape compile
         self.aligner = self._make_aligner(self.metadata.get("host_steps", {}).get("align"))
 
@@ -130,6 +161,9 @@ class Inferencer:
     def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
         """(3, H, W) float32 model input in [0, 1] and the homography input->model frame (identity without alignment)."""
         image = check_image(np.asarray(image), name)
+        warning = unusual_shape(name, image.shape[:2], self.input_size)
+        if warning:
+            logger.warning(warning)
         if image.dtype == np.uint8:
             image = image.astype(np.float32) / 255
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
@@ -181,26 +215,42 @@ class Inferencer:
             for name, score, m, host in zip(names, scores, maps, host_ms, strict=True)
         ]
 
-    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = True) -> tuple[list[Prediction], list[str]]:
-        """Predict every file; each file that cannot be read or used is reported in ``errors`` and skipped."""
-        paths = list(paths)
-        predictions, errors = [], []
+    def iter_predictions(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = True
+                         ) -> Iterator[tuple[str, Prediction | None, str | None]]:
+        """``(path, prediction, None)`` or ``(path, None, error)`` for every path, in input order, batch by batch.
+
+        A file that cannot be read or used gives an error naming it; the rest of its batch still runs.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        paths = [str(p) for p in paths]
         bar = tqdm(total=len(paths), desc="OpenVINO inference", unit="img", disable=not progress)
         for first in range(0, len(paths), batch_size):
-            prepared, names, host_ms = [], [], []
-            for path in paths[first:first + batch_size]:
+            chunk = paths[first:first + batch_size]
+            prepared, names, host_ms, errors = [], [], [], {}
+            for path in chunk:
                 start = time.perf_counter()
                 try:
-                    item = self.prepare(read_rgb(path), str(path))
+                    item = self.prepare(read_rgb(path), path)
                 except (OSError, ValueError) as error:
-                    errors.append(f"{path}: {error}")
+                    errors[path] = str(error)
                     logger.error("Skipped %s: %s", path, error)
                     continue
                 prepared.append(item)
-                names.append(str(path))
+                names.append(path)
                 host_ms.append((time.perf_counter() - start) * 1000)  # reading the file included
-            if prepared:
-                predictions.extend(self._predict_prepared(prepared, names, host_ms))
-            bar.update(len(paths[first:first + batch_size]))
+            done = dict(zip(names, self._predict_prepared(prepared, names, host_ms), strict=True)) if prepared else {}
+            for path in chunk:
+                yield path, done.get(path), errors.get(path)
+            bar.update(len(chunk))
         bar.close()
+
+    def predict_paths(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = True) -> tuple[list[Prediction], list[str]]:
+        """Predict every file; each file that cannot be read or used is reported in ``errors`` and skipped."""
+        predictions, errors = [], []
+        for path, prediction, error in self.iter_predictions(paths, batch_size, progress):
+            if prediction is not None:
+                predictions.append(prediction)
+            else:
+                errors.append(f"{path}: {error}")
         return predictions, errors

@@ -8,24 +8,22 @@ its reference image), the precision, and which package versions wrote it.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-METADATA_FILE = "metadata.json"
+from anomalib_ext.deploy.folders import METADATA_FILE, write_bytes_atomic
+from anomalib_ext.errors import AnomalibExtError
+
 # Bumped when the layout of metadata.json or the IR's inputs/outputs change in an incompatible way.
 FORMAT_VERSION = 1
 OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
 
 
-class ModelFilesError(FileNotFoundError):
+class ModelFilesError(AnomalibExtError, FileNotFoundError):
     """The export folder is missing a file the inferencer needs."""
 
 
-class ModelVersionError(RuntimeError):
+class ModelVersionError(AnomalibExtError, RuntimeError):
     """The export was written by an incompatible version of anomalib-ext."""
 
 
@@ -79,9 +77,25 @@ def build_metadata(model, input_size: tuple[int, int], host_steps: dict[str, Any
 
 
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> Path:
-    path = Path(folder) / METADATA_FILE
-    path.write_text(json.dumps(metadata, indent=1))
+    """Write ``metadata.json``, listing every file of the export folder (so a later export into the
+    same folder knows which files are ours to replace, and touches no others)."""
+    folder = Path(folder)
+    files = sorted({p.name for p in folder.iterdir() if p.is_file()} | {METADATA_FILE})
+    path = folder / METADATA_FILE
+    write_bytes_atomic(path, json.dumps({**metadata, "files": files}, indent=1).encode())
     return path
+
+
+def _check_fields(path: Path, metadata: dict[str, Any]) -> None:
+    """The fields the inferencer reads, with their types: a clear error instead of a KeyError later."""
+    fix = "Export the model again with `anomalib-ext export` (the file was edited or written by another tool)."
+    size = metadata.get("input", {}).get("size") if isinstance(metadata.get("input"), dict) else None
+    if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
+        raise ModelFilesError(f"{path} has no valid input.size (two positive integers, H and W). {fix}")
+    if metadata.get("precision") not in {"FP32", "INT8"}:
+        raise ModelFilesError(f"{path} has no valid precision (FP32 or INT8). {fix}")
+    if not isinstance(metadata.get("host_steps", {}), dict):
+        raise ModelFilesError(f"{path}: host_steps must be an object. {fix}")
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:
@@ -95,6 +109,8 @@ def read_metadata(folder: Path) -> dict[str, Any]:
         metadata = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ModelFilesError(f"{path} is not valid JSON ({error}); export the model again.") from error
+    if not isinstance(metadata, dict):
+        raise ModelFilesError(f"{path} does not hold a JSON object; export the model again.")
     found = metadata.get("format_version")
     if found != FORMAT_VERSION:
         written_by = metadata.get("versions", {}).get("anomalib_ext", "an unknown version")
@@ -102,21 +118,5 @@ def read_metadata(folder: Path) -> dict[str, Any]:
                f"({_versions()['anomalib_ext']}) reads format {FORMAT_VERSION}. Re-export the checkpoint with this "
                "version, or install the version that wrote it.")
         raise ModelVersionError(msg)
+    _check_fields(path, metadata)
     return metadata
-
-
-@contextmanager
-def staged_folder(output: str | Path) -> Iterator[Path]:
-    """A temporary sibling of ``output`` to write an export into; it replaces ``output`` only when the
-    block succeeds, and is removed when it fails, so no export is ever left half-written."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield staging
-        if output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise

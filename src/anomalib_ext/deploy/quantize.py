@@ -20,13 +20,20 @@ from pathlib import Path
 import numpy as np
 
 from anomalib_ext.data.mvtec_like import read_rgb
-from anomalib_ext.deploy.inferencer import Inferencer, collect_images, resolve_model_dir
-from anomalib_ext.deploy.metadata import read_metadata, staged_folder, write_metadata
+from anomalib_ext.deploy.inferencer import Inferencer, collect_images, read_ir, resolve_model_dir
+from anomalib_ext.deploy.folders import EXPORT_FILES, check_export_target, staged_folder
+from anomalib_ext.deploy.metadata import read_metadata, write_metadata
+from anomalib_ext.errors import AnomalibExtError
 
 logger = logging.getLogger(__name__)
 
+# Fewer calibration images than this give activation ranges that move with the draw: with 1 image,
+# anomalib-ext quantize moved image scores from 0.857 to 0.649 (and 0.692 to 0.139) in our trials.
+# NNCF's own default is 300. Below this many we warn; the count is in metadata.json and the report.
+MIN_CALIBRATION_IMAGES = 32
 
-class CalibrationDataError(FileNotFoundError):
+
+class CalibrationDataError(AnomalibExtError, FileNotFoundError):
     """No usable calibration images."""
 
 
@@ -66,13 +73,14 @@ def backbone_ignored_scope(ov_model):
 
 
 def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, subset_size: int = 300,
-                      scope: str = "backbone", fast_bias_correction: bool = False) -> Path:
+                      scope: str = "backbone", fast_bias_correction: bool = False, overwrite: bool = False) -> Path:
     """Write an INT8 copy of the export at ``model_dir`` to ``output`` (model.xml/.bin + host files + metadata).
 
     Args:
         model_dir: an ``anomalib-ext export`` folder (FP32).
         calibration: normal images (folder, glob, file or list); at most ``subset_size`` are used.
-        output: the INT8 export folder (written atomically).
+        output: the INT8 export folder (written atomically; never the FP32 folder or a folder holding it;
+            a non-empty folder that is not an export only with ``overwrite``).
         scope: ``backbone`` (the feature extractor's convolutions; default) or ``all`` (NNCF's default
             choice over the whole graph; see the module docstring for why that fails on our models).
         fast_bias_correction: NNCF's fast bias correction instead of the full one. Off by default: on AMFS
@@ -85,7 +93,10 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
     nncf.set_log_level(logging.WARNING)  # NNCF logs every node it leaves alone at INFO
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if subset_size < 1:
+        raise ValueError(f"subset_size must be at least 1, got {subset_size}")
     folder, xml = resolve_model_dir(model_dir)
+    check_export_target(output, [folder], overwrite)  # before the calibration, which takes minutes
     metadata = read_metadata(folder)
     if metadata["precision"] != "FP32":
         raise ValueError(f"{folder} is already {metadata['precision']}: quantise the FP32 export.")
@@ -102,23 +113,29 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
             logger.error("Calibration: skipped %s", error)
     if not usable:
         raise CalibrationDataError(f"None of the {len(paths)} calibration images at {calibration} could be read.")
+    if len(usable) < MIN_CALIBRATION_IMAGES:
+        logger.warning("INT8 calibration on %d image(s) only (at least %d recommended): activation ranges from so few "
+                       "images are unreliable and scores may shift. Give more normal training images with --calibration.",
+                       len(usable), MIN_CALIBRATION_IMAGES)
     host = Inferencer(folder)
 
     def transform(path: Path) -> np.ndarray:
         return host.prepare(read_rgb(path), str(path))[0][None]
 
-    fp32_model = ov.Core().read_model(xml)
+    fp32_model = read_ir(ov.Core(), xml)
     ignored = backbone_ignored_scope(fp32_model) if scope == "backbone" else None
     quantized = nncf.quantize(fp32_model, nncf.Dataset(usable, transform), subset_size=len(usable),
                               ignored_scope=ignored, fast_bias_correction=fast_bias_correction)
     output = Path(output)
-    with staged_folder(output) as staging:
+    with staged_folder(output, [folder], overwrite) as staging:
         ov.save_model(quantized, staging / "model.xml", compress_to_fp16=False)
-        for extra in folder.iterdir():  # host-step files (AMFS reference) travel with the model
-            if extra.is_file() and extra.name not in {"model.xml", "model.bin", "metadata.json"}:
-                shutil.copy2(extra, staging / extra.name)
+        # Host-step files (AMFS reference) travel with the model: the files the FP32 export lists
+        # (every file in its folder for exports older than that list), less the model's own.
+        listed = set(metadata.get("files", [])) or {p.name for p in folder.iterdir() if p.is_file()}
+        for name in sorted(listed - EXPORT_FILES):
+            shutil.copy2(folder / name, staging / name)
         metadata.update(precision="INT8", quantization={
             "tool": f"nncf {nncf.__version__}", "calibration_images": len(usable),
-            "scope": scope, "fast_bias_correction": fast_bias_correction})
+            "scope": scope, "fast_bias_correction": fast_bias_correction, "min_recommended_images": MIN_CALIBRATION_IMAGES})
         write_metadata(staging, metadata)
     return output / "model.xml"

@@ -1,0 +1,93 @@
+"""Load a trained model from a Lightning checkpoint, strictly, with one plain sentence for every way it fails.
+
+Lightning's ``load_from_checkpoint(strict=False)`` accepts a checkpoint of another model class (a
+Patchcore checkpoint loaded as AMFS only fails later, at export) and missing tensors (a backbone
+would silently keep its ImageNet weights). Here every tensor must match, except metric state of
+anomalib's evaluator, which depends on the metrics a run was configured with and is not part of
+the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from anomalib_ext.errors import AnomalibExtError
+
+# Tensors that may differ between a checkpoint and a fresh model: anomalib's Evaluator metric state.
+TOLERATED_PREFIXES = ("evaluator.",)
+HINT = "anomalib writes checkpoints as results/<model>/<data>/<category>/v<N>/weights/lightning/model.ckpt"
+
+
+class CheckpointError(AnomalibExtError, ValueError):
+    """A file that is not a usable checkpoint of the requested model."""
+
+
+def resolve_model_class(name: str) -> type:
+    """A model class from a name known to anomalib (ours included, after ``register``) or a class path."""
+    import anomalib.models
+
+    from anomalib_ext import register
+
+    register()
+    if "." in name:
+        module, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as error:
+            raise CheckpointError(f"Cannot import model class {name!r} ({error}).") from error
+    matches = {n.lower(): n for n in dir(anomalib.models)}
+    if name.lower() not in matches:
+        raise CheckpointError(f"Unknown model {name!r}: give an anomalib model name (Patchcore, Padim, AMFS, ...) or a class path.")
+    return getattr(anomalib.models, matches[name.lower()])
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dictionary; a :class:`CheckpointError` for a missing, truncated or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"Checkpoint {path} does not exist ({HINT}).")
+    try:
+        # Our own and anomalib's checkpoints hold pre-/post-processor objects: a full unpickle, as
+        # anomalib's own `anomalib export` does. Only load checkpoints you trust.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, AttributeError,
+            ModuleNotFoundError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, or not a PyTorch Lightning .ckpt file: "
+                              f"{reason}); {HINT}.") from error
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict); {HINT}.")
+    return checkpoint
+
+
+def _tolerated(key: str) -> bool:
+    return key.startswith(TOLERATED_PREFIXES)
+
+
+def load_model(name: str, ckpt_path: str | Path):
+    """A trained model of class ``name`` from ``ckpt_path``, every model tensor matched strictly."""
+    cls = resolve_model_class(name)
+    checkpoint = read_checkpoint(ckpt_path)
+    wrong_class = f"{ckpt_path} is not a {cls.__name__} checkpoint"
+    try:
+        model = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu", strict=False, weights_only=False)
+    except (TypeError, RuntimeError, KeyError) as error:
+        # TypeError: its hyper-parameters are another class's; RuntimeError: tensor shapes differ.
+        first = str(error).strip().splitlines()[0][:200]
+        raise CheckpointError(f"{wrong_class} ({first}): export it with the --model it was trained with.") from error
+    saved = {k for k in checkpoint["state_dict"] if not _tolerated(k)}
+    expected = {k for k in model.state_dict() if not _tolerated(k)}
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"it lacks {len(missing)} of the model's tensors (e.g. {', '.join(missing[:2])})")
+        if unexpected:
+            parts.append(f"it has {len(unexpected)} the model does not know (e.g. {', '.join(unexpected[:2])})")
+        raise CheckpointError(f"{wrong_class}: {' and '.join(parts)}. Export it with the --model it was trained with.")
+    return model

@@ -1,0 +1,173 @@
+"""Output folders that are safe to point at: nothing removed that we did not write, atomic writes, one writer.
+
+- :func:`check_export_target` / :func:`staged_folder`: an export (or INT8 copy) is written into a
+  temporary sibling and moved into place file by file. A folder that holds anything but an earlier
+  export of ours is refused unless ``overwrite=True``, and even then only our files are replaced;
+  the working folder, its parents and the folder of the input model or checkpoint are refused.
+- :func:`write_bytes_atomic`: a temporary file renamed into place, so a full disk leaves no
+  truncated or 0-byte file.
+- :class:`OutputLock`: one ``anomalib-ext infer`` per output folder at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from anomalib_ext.errors import AnomalibExtError
+
+METADATA_FILE = "metadata.json"
+# Files every export of ours may hold besides the ones its metadata lists (older exports list none).
+EXPORT_FILES = frozenset({"model.xml", "model.bin", METADATA_FILE, "quantization_report.json"})
+
+
+class OutputFolderError(AnomalibExtError, OSError):
+    """An output folder that cannot or must not be written."""
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it; there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _is_same_or_parent(folder: Path, path: Path) -> bool:
+    return folder == path or folder in path.parents
+
+
+def _previous_export_files(folder: Path) -> set[str] | None:
+    """The files an earlier export of ours wrote into ``folder``; ``None`` when it is not one of ours."""
+    try:
+        metadata = json.loads((folder / METADATA_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metadata, dict) or "format_version" not in metadata:
+        return None
+    return set(EXPORT_FILES) | set(metadata.get("files", []))
+
+
+def check_export_target(output: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Path:
+    """Refuse an export target we could damage; returns the resolved path.
+
+    Refused: an existing file; the working folder or one of its parents; a folder holding (or equal
+    to) one of ``inputs`` (the checkpoint or the FP32 model being read); and, unless ``overwrite``,
+    a non-empty folder that is not an earlier export of ours.
+    """
+    target = Path(output).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise OutputFolderError(f"--output {output} is a file; give a folder for the export (it is created if missing).")
+    if _is_same_or_parent(target, Path.cwd().resolve()):
+        raise OutputFolderError(f"--output {output} is the working folder or one of its parents; "
+                                "give a new sub-folder, e.g. --output deploy/model.")
+    for item in inputs:
+        source = Path(item).expanduser().resolve()
+        if _is_same_or_parent(target, source):
+            raise OutputFolderError(f"--output {output} holds the input {item}; write the export to another folder.")
+    if target.is_dir() and any(target.iterdir()) and _previous_export_files(target) is None and not overwrite:
+        raise OutputFolderError(
+            f"--output {output} is not empty and is not an anomalib-ext export. Choose a new folder, or pass "
+            "--overwrite to write the export files into it (nothing else in it is removed).")
+    return target
+
+
+@contextmanager
+def staged_folder(output: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling of ``output`` to write an export into, moved into place when the block succeeds.
+
+    On failure the staging folder is removed and ``output`` is untouched. On success a new ``output``
+    is the staging folder renamed; into an existing one, the files of an earlier export that the new
+    one lacks are removed and the new files replace theirs, ``metadata.json`` last. Nothing else in
+    ``output`` is touched. See :func:`check_export_target` for what is refused up front.
+    """
+    target = check_export_target(output, inputs, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; an export is an ordinary output
+        yield staging
+        if not target.exists():
+            staging.rename(target)
+            return
+        stale = (_previous_export_files(target) or set()) - {p.name for p in staging.iterdir()}
+        for name in sorted(stale):
+            (target / name).unlink(missing_ok=True)
+        new_files = sorted(staging.iterdir(), key=lambda p: p.name == METADATA_FILE)
+        for path in new_files:
+            os.replace(path, target / path.name)
+        staging.rmdir()
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
+
+    A failed write (full disk, file-size limit, read-only folder) removes the temporary file and
+    raises an :class:`OutputFolderError` naming ``path``; ``path`` is then either absent or its old content.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise OutputFolderError(f"Could not write {path}: {error.strerror or error}. Free space or fix the "
+                                "folder's permissions, then run again.") from error
+
+
+class OutputLock:
+    """An exclusive lock on an output folder (a lock file inside it), held for the life of the run.
+
+    The lock file also marks the folder as anomalib-ext output, so later input searches skip it.
+    The operating system drops the lock when the process ends, however it ends.
+    """
+
+    FILE = ".anomalib-ext-output.lock"
+
+    def __init__(self, folder: str | Path) -> None:
+        self.path = Path(folder) / self.FILE
+        self._file = None
+
+    def __enter__(self) -> OutputLock:
+        self._file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            _lock_exclusive(self._file)
+        except OSError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise OutputFolderError(f"{self.path.parent} is being written by {holder}. Wait for that run to end, "
+                                    "or give another --output.") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"anomalib-ext (pid {os.getpid()})")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()  # closing releases the lock
+
+
+def _lock_exclusive(file) -> None:
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def is_output_folder(folder: Path) -> bool:
+    """A folder written by ``anomalib-ext infer`` (its lock file is there)."""
+    return (folder / OutputLock.FILE).is_file()
