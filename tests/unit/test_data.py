@@ -6,7 +6,15 @@ from PIL import Image
 
 from anomalib_ext.data import MVTecLikeFolder, SyntheticGPD, move_seen_anomalies
 from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, render_print_layers, semantic_letter_change
-from anomalib_ext.data.mvtec_like import DatasetLayoutError, MaskMismatchError, make_mvtec_like_samples
+from anomalib_ext.data.folder import MVTecLikeDataset
+from anomalib_ext.data.mvtec_like import (
+    DatasetLayoutError,
+    DatasetValidationError,
+    MaskMismatchError,
+    make_mvtec_like_samples,
+    read_binary_mask,
+    read_rgb,
+)
 
 
 def test_synthetic_gpd_has_the_gpd_layout(tiny_gpd):
@@ -100,12 +108,61 @@ def test_bad_inputs_name_the_file_and_the_fix(tmp_path, tiny_gpd):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(broken / "ground_truth/hole/001.png")
     (broken / "test/good/000.jpg").write_bytes(b"not an image")
     dm = MVTecLikeFolder(root=tmp_path, category="broken", num_workers=0)
-    dm.setup()
-    samples = dm.test_data.samples
+    # Both found by setup(), before any fit (they were found only when testing, after the whole fit).
+    with pytest.raises(DatasetValidationError, match="2 file") as info:
+        dm.setup()
+    assert "10x10" in str(info.value) and "good/000.jpg" in str(info.value)
+    samples = dm.make_samples()
+    test = MVTecLikeDataset(samples[samples.split == "test"], samples.attrs["task"])  # the same errors when read
     with pytest.raises(MaskMismatchError, match="10x10"):
-        dm.test_data[int(np.flatnonzero(samples.image_path.str.endswith("hole/001.jpg"))[0])]
+        test[int(np.flatnonzero(test.samples.image_path.str.endswith("hole/001.jpg"))[0])]
     with pytest.raises(OSError, match="good/000.jpg"):
-        dm.test_data[int(np.flatnonzero(samples.image_path.str.endswith("good/000.jpg"))[0])]
+        test[int(np.flatnonzero(test.samples.image_path.str.endswith("good/000.jpg"))[0])]
+
+
+def test_mask_names_match_case_insensitively_and_strays_are_warned(tmp_path, tiny_gpd, caplog):
+    """``000_mask.PNG`` was ignored: the run dropped to image-level metrics without a word."""
+    category = tmp_path / "upper"
+    shutil.copytree(tiny_gpd / "p001", category)
+    masks = category / "ground_truth" / "hole"
+    (masks / "000.png").rename(masks / "000_MASK.PNG")
+    (masks / "001.png").rename(masks / "001.Png")
+    shutil.copy(masks / "001.Png", masks / "007.png")  # belongs to no test image
+    samples = make_mvtec_like_samples(category)
+    assert samples.attrs["task"] == "segmentation"
+    holes = samples[samples.label == "hole"].set_index("image_path").mask_path
+    assert holes[str(category / "test/hole/000.jpg")].endswith("000_MASK.PNG")
+    assert holes[str(category / "test/hole/001.jpg")].endswith("001.Png")
+    assert any("007.png" in r.getMessage() and "belong to no test image" in r.getMessage() for r in caplog.records)
+
+
+def test_16bit_images_and_masks_are_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG read as pure white (mean 255 against 19 for its 8-bit copy) and scored 1.0."""
+    grey8 = np.random.default_rng(0).integers(0, 60, (40, 50), dtype=np.uint8)
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "grey16.png")
+    image = read_rgb(tmp_path / "grey16.png")
+    assert image.shape == (40, 50, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image[..., 0], grey8)
+    mask = np.zeros((40, 50), np.uint16)
+    mask[5:9, 5:9] = 65535
+    Image.fromarray(mask).save(tmp_path / "mask16.png")
+    Image.fromarray((mask > 0).astype(np.uint8)).save(tmp_path / "mask01.png")  # values 0 and 1
+    for name in ("mask16.png", "mask01.png"):
+        assert read_binary_mask(tmp_path / name).sum() == 16
+    Image.fromarray(np.zeros((4, 4), np.float32)).save(tmp_path / "float.tiff")
+    with pytest.raises(OSError, match="floating-point"):
+        read_rgb(tmp_path / "float.tiff")
+
+
+def test_tiny_and_elongated_images_are_warned_by_name(tmp_path, tiny_gpd, caplog):
+    category = tmp_path / "odd"
+    shutil.copytree(tiny_gpd / "p001", category)
+    Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(category / "test/good/strip.png")
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(category / "test/good/dot.png")
+    MVTecLikeFolder(root=tmp_path, category="odd", num_workers=0).setup()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("strip.png" in m and "aspect" in m for m in messages)
+    assert any("dot.png" in m and "1x1" in m and "small" in m for m in messages)
 
 
 def test_gpd_offline_download_fails_clearly_and_writes_nothing(tmp_path):

@@ -196,15 +196,15 @@ def _size_mismatch(mask_path, mask_shape, image_path, image_shape) -> str:
 def unusual_shape(name: str | Path, shape: Sequence[int], input_size: Sequence[int] | None = None) -> str | None:
     """A warning for an image much smaller than a model input, or far from the input's aspect ratio."""
     height, width = int(shape[0]), int(shape[1])
+    reasons = []
     if min(height, width) < MIN_IMAGE_SIDE:
-        return f"{name} is only {width}x{height} pixels: the model resizes it up and will see little detail."
+        reasons.append("so small that the model sees little detail once it is resized up")
     target = input_size[1] / input_size[0] if input_size else 1.0
-    change = (width / height) / target
-    if max(change, 1 / change) > MAX_ASPECT_CHANGE:
-        return (f"{name} is {width}x{height}, far from the model's input aspect "
-                f"({'x'.join(str(s) for s in reversed(input_size)) if input_size else 'square'}): it will be "
-                "stretched; crop it to the part to inspect first.")
-    return None
+    change = (width / max(height, 1)) / target
+    if max(change, 1 / max(change, 1e-9)) > MAX_ASPECT_CHANGE:
+        aspect = f"{input_size[1]}x{input_size[0]}" if input_size else "square"
+        reasons.append(f"far from the model's input aspect ({aspect}), so it is stretched: crop it to the part to inspect")
+    return f"{name} is {width}x{height} pixels: " + "; ".join(reasons) + "." if reasons else None
 
 
 def _header(path: str) -> tuple[tuple[int, int], str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import pickle
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def load_model(name: str, ckpt_path: str | Path):
     checkpoint = read_checkpoint(ckpt_path)
     wrong_class = f"{ckpt_path} is not a {cls.__name__} checkpoint"
     try:
-        model = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu", strict=False, weights_only=False)
+        with warnings.catch_warnings():  # Lightning's key-mismatch warnings: our own check below says it in one line
+            warnings.filterwarnings("ignore", message="Found keys that are")
+            model = cls.load_from_checkpoint(str(ckpt_path), map_location="cpu", strict=False, weights_only=False)
     except (TypeError, RuntimeError, KeyError) as error:
         # TypeError: its hyper-parameters are another class's; RuntimeError: tensor shapes differ.
         first = str(error).strip().splitlines()[0][:200]

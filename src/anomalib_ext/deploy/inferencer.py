@@ -59,11 +59,11 @@ def collect_images(inputs: str | Path | Sequence[str | Path], exclude: Sequence[
 
     Searches (folders, globs) skip ``exclude`` (e.g. the run's own output folder) and every folder
     an earlier ``anomalib-ext infer`` wrote, so results are never read back as inputs. A file named
-    explicitly is always taken.
+    explicitly is always taken; a file found twice is listed once.
     """
     exclude = [Path(e).resolve() for e in exclude]
-    if isinstance(inputs, (list, tuple)):
-        return [p for item in inputs for p in collect_images(item, exclude)]
+    if isinstance(inputs, (list, tuple)):  # a file named twice (a folder and a glob) is predicted once
+        return list(dict.fromkeys(p for item in inputs for p in collect_images(item, exclude)))
     path = Path(inputs)
     if path.is_file():
         return [path]

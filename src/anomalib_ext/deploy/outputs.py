@@ -58,7 +58,7 @@ def prepare_output_folder(output: str | Path) -> Path:
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
+            probe.write_bytes(b"x")  # a byte, not an empty file: a full disk or quota refuses only real data
             probe.unlink()
         except OSError as error:
             raise OutputFolderError(f"Cannot write to {folder}: {error.strerror or error}. Fix its permissions "

@@ -110,7 +110,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         self.fusion_anomalies = check_fusion_anomalies(fusion_anomalies)  # fail at construction, not after the banks
         self.texture_dir = texture_dir
         self.seed = seed
-        self._train_images: list[torch.Tensor] = []
+        self._train_images: list[tuple[str | None, torch.Tensor]] = []  # (path, uint8 image) as collected
         self._aligner: BatchAligner | None = None
 
     @classmethod
@@ -136,11 +136,19 @@ class AMFS(MemoryBankMixin, AnomalibModule):
 
     # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
-        """Keep the (resized) normal images; everything is built in :meth:`fit` once all are seen."""
+        """Keep the (resized) normal images with their paths; everything is built in :meth:`fit` once all are seen."""
         del args, kwargs
-        images = batch.image if batch.gt_label is None else batch.image[batch.gt_label == 0]
-        self._train_images.extend((images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
+        normal = torch.ones(len(batch.image), dtype=torch.bool) if batch.gt_label is None else (batch.gt_label == 0).cpu()
+        paths = list(batch.image_path) if batch.image_path is not None else [None] * len(batch.image)
+        images = (batch.image.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        self._train_images.extend((path, image) for path, image, keep in zip(paths, images, normal.tolist(), strict=True) if keep)
         return torch.tensor(0.0, requires_grad=True, device=self.device)
+
+    def _images_in_path_order(self) -> list[torch.Tensor]:
+        """The training images sorted by file path, so the reference, hold-out split and banks do not depend
+        on the order a (shuffling) dataloader delivered them in; images without a path keep their order."""
+        order = sorted(range(len(self._train_images)), key=lambda i: (self._train_images[i][0] is None, self._train_images[i][0] or "", i))
+        return [self._train_images[i][1] for i in order]
 
     def fit(self) -> None:
         """Reference -> alignment -> per-block coresets -> F_fusion (seeded, global RNG state restored)."""
@@ -151,7 +159,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
             self._fit()
 
     def _fit(self) -> None:
-        images = self._train_images
+        images = self._images_in_path_order()
         if len(images) < 3:
             raise ValueError(f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}.")
         ref_index = choose_reference(images, self.reference_mode, self.orb_settings) if self.align else 0
