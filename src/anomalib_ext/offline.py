@@ -1,8 +1,8 @@
 """Offline means offline: no telemetry from our processes, and no hub look-ups the user did not ask for.
 
 OpenVINO and NNCF report usage to an analytics service through ``openvino_telemetry`` unless a
-consent file in the user's home says no (1 request per train or infer, 6 per quantize, 64 per export
-in a measured run). Factories run with no internet, and a tool should not phone home without being
+consent file in the user's home says no (issue 10 counted 1 request per train or infer, 6 per
+quantize, 64 per export; they are sent from forked child processes). Factories run with no internet, and a tool should not phone home without being
 asked, so every ``anomalib-ext`` and ``anomalib`` process with the plugin registered declines it:
 no consent or client-id file is written and nothing is sent. Opt in with ``ANOMALIB_EXT_TELEMETRY=1``
 (OpenVINO's own consent file then decides, as without the plugin).

@@ -111,7 +111,7 @@ def write_outputs(predictions: Iterable[Prediction], output: Path, timing: bool 
 
 
 def run_inference(model_dir: str | Path, inputs, output: str | Path, device: str = "CPU", batch_size: int = 8,
-                  timing: bool = False, num_threads: int | None = None) -> list[InferenceResult]:
+                  timing: bool = False, num_threads: int | None = None, precision: str = "f32") -> list[InferenceResult]:
     """Predict every image of files/folders/globs and write the outputs batch by batch.
 
     The model and the inputs are checked first (nothing is created when they fail), then the output
@@ -124,7 +124,7 @@ def run_inference(model_dir: str | Path, inputs, output: str | Path, device: str
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    inferencer = Inferencer(model_dir, device, num_threads)
+    inferencer = Inferencer(model_dir, device, num_threads, precision)
     paths = collect_images(inputs, exclude=[output])
     output = prepare_output_folder(output)
     with OutputLock(output):
