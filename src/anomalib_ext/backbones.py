@@ -197,7 +197,7 @@ def _load_weights_file(model: nn.Module, path: str | Path, name: str) -> None:
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(name, f"backbone_weights file {path} does not exist")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(path))

@@ -27,7 +27,7 @@ def test_demo_runs_end_to_end(tmp_path):
     assert len(predictions) == 8
     assert len(list((out / "openvino_predictions" / "overlays").glob("*.jpg"))) == 8
     csv = (out / "openvino_predictions" / "scores.csv").read_text().splitlines()
-    assert csv[0] == "path,score,label" and len(csv) == 9
+    assert csv[0] == "path,status,score,label,error" and len(csv) == 9
 
 
 def test_infer_names_what_is_missing(tmp_path):

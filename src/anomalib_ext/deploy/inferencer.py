@@ -80,7 +80,7 @@ def collect_images(inputs: str | Path | Sequence[str | Path], exclude: Sequence[
 def resolve_model_dir(model_dir: str | Path) -> tuple[Path, Path]:
     """``(folder, model.xml)`` from an export folder or its ``.xml``; clear errors for missing files."""
     path = Path(model_dir)
-    xml = path if path.suffix == ".xml" else path / "model.xml"
+    xml = path if path.suffix.lower() == ".xml" else path / "model.xml"
     folder = xml.parent
     if not folder.is_dir():
         raise ModelFilesError(f"Model folder {folder} does not exist. Export a model first: anomalib-ext export --help")
