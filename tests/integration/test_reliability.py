@@ -198,6 +198,9 @@ def test_quantize_warns_about_too_few_calibration_images_and_reports_the_count(f
     assert any("calibration on 1 image" in r.getMessage() for r in caplog.records)
     assert read_metadata(tmp_path / "int8")["quantization"]["calibration_images"] == 1
     assert stat.S_IMODE((tmp_path / "int8").stat().st_mode) == 0o777 & ~_umask()
+    # Quantising the INT8 copy again: one line, exit 2 (was a ValueError traceback).
+    assert main(["quantize", "--model-dir", str(tmp_path / "int8"), "--calibration", str(one), "--output", str(tmp_path / "x")]) == 2
+    assert "is already INT8" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 # ---- 6. checkpoints ----------------------------------------------------------------------------

@@ -37,6 +37,10 @@ class CalibrationDataError(AnomalibExtError, FileNotFoundError):
     """No usable calibration images."""
 
 
+class AlreadyQuantizedError(AnomalibExtError, ValueError):
+    """The export given to quantise is not FP32."""
+
+
 def calibration_images(calibration, model_dir) -> list[Path]:
     hint = ("INT8 calibration needs the model's normal training images, e.g. --calibration "
             "ROOT/CATEGORY/train/good (a folder, a glob, or files).")
@@ -99,7 +103,7 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
     check_export_target(output, [folder], overwrite)  # before the calibration, which takes minutes
     metadata = read_metadata(folder)
     if metadata["precision"] != "FP32":
-        raise ValueError(f"{folder} is already {metadata['precision']}: quantise the FP32 export.")
+        raise AlreadyQuantizedError(f"{folder} is already {metadata['precision']}: quantise the FP32 export (--model-dir).")
     paths = calibration_images(calibration, folder)
     rng = np.random.default_rng(0)
     if len(paths) > subset_size:  # a seeded spread over the whole folder, not its first files
