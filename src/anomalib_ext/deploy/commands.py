@@ -31,8 +31,9 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[Sequence[str] | None], int]]:
-    """Parse with the decorated function's parser, run it with telemetry off, and print our errors in one line."""
+def _command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]
+             ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[Sequence[str] | None], int]]:
+    """Parse with ``add_arguments``, run the decorated function with telemetry off, print our errors in one line."""
 
     def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[Sequence[str] | None], int]:
         @functools.wraps(run)
@@ -41,7 +42,7 @@ def _command(name: str) -> Callable[[Callable[[argparse.Namespace], int]], Calla
 
             disable_telemetry()
             parser = argparse.ArgumentParser(prog=f"anomalib-ext {name}", description=run.__doc__)
-            PARSERS[name](parser)
+            add_arguments(parser)
             args = parser.parse_args(argv)
             try:
                 return run(args)
@@ -93,12 +94,7 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-errors", action="store_true", help="exit 0 even when some images could not be used")
 
 
-PARSERS: dict[str, Callable[[argparse.ArgumentParser], None]] = {
-    "export": _export_arguments, "quantize": _quantize_arguments, "infer": _infer_arguments,
-}
-
-
-@_command("export")
+@_command("export", _export_arguments)
 def export_main(args: argparse.Namespace) -> int:
     """Export a checkpoint to OpenVINO (FP32 IR, dynamic batch) + metadata.json."""
     from anomalib_ext.deploy.checkpoint import load_model
@@ -130,7 +126,7 @@ def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict
     return report
 
 
-@_command("quantize")
+@_command("quantize", _quantize_arguments)
 def quantize_main(args: argparse.Namespace) -> int:
     """Quantise an FP32 export to INT8 with NNCF; with --eval-data, report the accuracy change and speed-up."""
     from anomalib_ext.deploy.folders import write_bytes_atomic
@@ -149,7 +145,7 @@ def quantize_main(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@_command("infer")
+@_command("infer", _infer_arguments)
 def infer_main(args: argparse.Namespace) -> int:
     """Run an exported model on a file, folder or glob; write maps, masks, overlays and scores.csv."""
     from anomalib_ext.deploy.outputs import run_inference

@@ -12,6 +12,7 @@ gives an error naming it; the rest of the batch still runs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import glob
 import logging
 import time
@@ -46,12 +47,18 @@ class NoImagesError(AnomalibExtError, FileNotFoundError):
     """An input file, folder or glob with no images."""
 
 
-def _excluded(path: Path, exclude: Sequence[Path]) -> bool:
-    """Inside one of ``exclude``, or inside a folder ``anomalib-ext infer`` wrote (earlier results)."""
-    resolved = path.resolve()
-    if any(folder == resolved or folder in resolved.parents for folder in exclude):
-        return True
-    return any(is_output_folder(parent) for parent in path.parents)
+def _outside_outputs(found: Sequence[Path], exclude: Sequence[Path]) -> list[Path]:
+    """The files of ``found`` not inside ``exclude`` nor inside a folder ``anomalib-ext infer`` wrote
+    (earlier results); decided once per folder, not once per file."""
+
+    @functools.cache
+    def excluded(folder: Path) -> bool:
+        resolved = folder.resolve()
+        if any(e == resolved or e in resolved.parents for e in exclude) or is_output_folder(folder):
+            return True
+        return folder.parent != folder and excluded(folder.parent)
+
+    return [p for p in found if p.is_file() and not excluded(p.parent)]
 
 
 def collect_images(inputs: str | Path | Sequence[str | Path], exclude: Sequence[str | Path] = ()) -> list[Path]:
@@ -71,7 +78,7 @@ def collect_images(inputs: str | Path | Sequence[str | Path], exclude: Sequence[
         found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
     else:
         found = sorted(Path(p) for p in glob.glob(str(inputs), recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
-    found = [p for p in found if p.is_file() and not _excluded(p, exclude)]
+    found = _outside_outputs(found, exclude)
     if not found:
         raise NoImagesError(f"No images ({', '.join(sorted(IMAGE_EXTENSIONS))}) found at {inputs}: give a file, a folder or a glob.")
     return found
