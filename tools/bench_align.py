@@ -59,7 +59,7 @@ def main() -> None:
                         help="AMFS's reference choice: the first photograph or the one others align to best")
     args = parser.parse_args()
 
-    from anomalib_ext.models.amfs.alignment import choose_reference
+    from anomalib_ext.transforms.align import choose_reference
     from anomalib_ext.transforms import ORBAlign
     from anomalib_ext.transforms.align import ORBSettings
 

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from anomalib_ext.errors import AnomalibExtError
+from anomalib_ext.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -42,16 +43,6 @@ class BackboneWeightsError(AnomalibExtError, RuntimeError):
             "     or put the weights in the local Hugging Face / timm cache;\n"
             "  3. pass pre_trained=False to train from random weights on purpose.",
         )
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: ``$ANOMALIB_EXT_CACHE`` or the user cache dir."""
-    env = os.environ.get("ANOMALIB_EXT_CACHE")
-    if env:
-        return Path(env)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("anomalib_ext"))
 
 
 def _packaged_checkpoint(name: str) -> Path | None:

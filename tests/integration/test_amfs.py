@@ -34,26 +34,26 @@ def trained(tiny_gpd, tmp_path_factory):
 
 def test_engine_trains_and_tests(trained):
     model, _, _, metrics = trained
-    assert model.model.banks.shape[0] == 21 and model.model.banks.shape[1] > 0
+    assert model.model.memory.bank.shape[0] == 21 and model.model.memory.bank.shape[1] > 0
     # holdout_to_banks: after F_fusion, the banks hold a coreset of all 5 non-reference images.
     patches = model.model.embed(torch.rand(1, 3, 128, 128))[0].shape[2]
-    assert model.model.banks.shape[1] == int(5 * patches * 0.1)
+    assert model.model.memory.bank.shape[1] == int(5 * patches * 0.1)
     assert model.model.reference.shape == (128, 128, 3)
     assert 0.0 <= metrics["image_AUROC"] <= 1.0 and metrics["pixel_AUROC"] > 0.6
 
 
 def test_maps_come_back_in_the_input_frame(trained, tiny_gpd):
     model, _, _, _ = trained
-    from anomalib_ext.data.mvtec_like import read_rgb
+    from anomalib_ext.data.mvtec_like import read_resized
 
-    image = torch.from_numpy(read_rgb(tiny_gpd / "p001/test/hole/000.jpg")).permute(2, 0, 1).float()[None] / 255
-    image = torch.nn.functional.interpolate(image, size=(128, 128), mode="bilinear", antialias=True)
+    image = read_resized(tiny_gpd / "p001/test/hole/000.jpg", (128, 128))
     model.eval()
-    out = model.predict_aligned(image)
+    out = model.predict_raw(image)
     assert out["anomaly_map"].shape == (1, 1, 128, 128)
-    aligned, homographies = model.align_images(image)
+    aligned, states = model.host_steps().prepare(image)
+    (homography,) = states[0]
     direct = model.model(aligned).anomaly_map
-    assert not np.allclose(homographies[0], np.eye(3)) or torch.allclose(direct, out["anomaly_map"])
+    assert not np.allclose(homography, np.eye(3)) or torch.allclose(direct, out["anomaly_map"])
 
 
 def test_eval_forward_exports_with_a_dynamic_batch(trained):
@@ -76,14 +76,13 @@ def test_other_scoring_modes_and_no_alignment(tiny_gpd, tmp_path, scoring):
     model = _amfs(scoring=scoring, align=False, levels=2)
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     engine.fit(model=model, datamodule=_datamodule(tiny_gpd))
-    assert model.model.banks.shape[0] == 5
+    assert model.model.memory.bank.shape[0] == 5
     scores = model.model(torch.rand(2, 3, 128, 128)).pred_score
     assert scores.shape == (2,) and torch.isfinite(scores).all()
 
 
 def test_anomalib_export_route_also_runs_in_our_inferencer(trained, tiny_gpd, tmp_path):
     """`anomalib export` / Engine.export (ONNX route) writes our metadata and host files too."""
-    from anomalib.data import InferenceBatch
     from anomalib.deploy import ExportType
 
     from anomalib_ext.deploy import Inferencer, run_inference
@@ -91,16 +90,12 @@ def test_anomalib_export_route_also_runs_in_our_inferencer(trained, tiny_gpd, tm
     model, engine, _, _ = trained
     engine.export(model=model, export_type=ExportType.OPENVINO, export_root=tmp_path / "export", input_size=(128, 128))
     xml = next((tmp_path / "export").rglob("model.xml"))
-    assert (xml.parent / "metadata.json").is_file() and (xml.parent / "amfs_reference.png").is_file()
-    from anomalib_ext.data.mvtec_like import read_rgb
+    assert (xml.parent / "metadata.json").is_file() and (xml.parent / "align_reference.png").is_file()
+    from anomalib_ext.data.mvtec_like import read_resized
 
     paths = sorted((tiny_gpd / "p001" / "test").rglob("*.jpg"))[::4]
-    images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float() / 255 for p in paths])
-    images = torch.nn.functional.interpolate(images, size=(128, 128), mode="bilinear", antialias=True)
-    model.eval()
-    with torch.no_grad():
-        raw = model.predict_aligned(images)
-        expected = model.post_processor(InferenceBatch(pred_score=raw["pred_score"], anomaly_map=raw["anomaly_map"]))
+    images = torch.cat([read_resized(p, (128, 128)) for p in paths])
+    expected = model.predict_end_to_end(images)
     predictions = Inferencer(xml.parent).predict_arrays([i.permute(1, 2, 0).numpy() for i in images])
     for i, prediction in enumerate(predictions):
         assert abs(prediction.score - float(expected.pred_score[i])) <= 1e-3 * max(1.0, abs(float(expected.pred_score[i])))

@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end(tmp_path):
 
 def test_infer_names_what_is_missing(tmp_path):
     from anomalib_ext.deploy.inferencer import collect_images, resolve_model_dir
-    from anomalib_ext.deploy.metadata import ModelFilesError
+    from anomalib_ext.export_format import ModelFilesError
 
     with pytest.raises(ModelFilesError, match="model.xml is missing"):
         resolve_model_dir(tmp_path)

@@ -35,23 +35,17 @@ def _datamodule(root):
 
 
 def _test_images(tiny_gpd, step=3):
-    from anomalib_ext.data.mvtec_like import read_rgb
+    from anomalib_ext.data.mvtec_like import read_resized
 
     paths = sorted((tiny_gpd / "p001" / "test").rglob("*.jpg"))[::step]
-    images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float() / 255 for p in paths])
-    return torch.nn.functional.interpolate(images, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+    return torch.cat([read_resized(p, (SIZE, SIZE)) for p in paths])
 
 
 def _torch_outputs(model, images):
-    """What the torch model gives end to end: normalised scores and maps (AMFS: with host alignment)."""
-    from anomalib.data import InferenceBatch
+    """What the torch model gives end to end: normalised scores and maps (host steps around the forward)."""
+    from anomalib_ext.host_steps import predict_end_to_end
 
-    model.eval()
-    with torch.no_grad():
-        if hasattr(model, "predict_aligned"):
-            raw = model.predict_aligned(images)
-            return model.post_processor(InferenceBatch(pred_score=raw["pred_score"], anomaly_map=raw["anomaly_map"]))
-        return model(images)
+    return predict_end_to_end(model, images)
 
 
 @pytest.fixture(scope="module", params=["AMFS", "Patchcore", "Padim"])
@@ -71,7 +65,7 @@ def exported(request, tiny_gpd, tmp_path_factory):
 def test_export_writes_ir_with_dynamic_batch_and_metadata(exported):
     import openvino as ov
 
-    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.export_format import read_metadata
 
     name, _, folder, _ = exported
     metadata = read_metadata(folder)
@@ -117,14 +111,14 @@ def test_batch_of_three_equals_three_batches_of_one(exported):
 def test_int8_keeps_the_maps_and_the_host_files(exported, tiny_gpd, tmp_path):
     """Backbone-scope INT8: maps stay close to FP32 (quantising the whole graph made them constant)."""
     from anomalib_ext.deploy import Inferencer, quantize_openvino
-    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.export_format import read_metadata
 
     name, _, folder, _ = exported
     int8 = quantize_openvino(folder, tiny_gpd / "p001" / "train" / "good", tmp_path / "int8").parent
     metadata = read_metadata(int8)
     assert metadata["precision"] == "INT8" and metadata["quantization"]["calibration_images"] == 6
     if name == "AMFS":
-        assert (int8 / "amfs_reference.png").is_file()
+        assert (int8 / "align_reference.png").is_file()
     images = [i.permute(1, 2, 0).numpy() for i in _test_images(tiny_gpd)]
     fp32_maps = [p.anomaly_map.ravel() for p in Inferencer(folder).predict_arrays(images)]
     int8_maps = [p.anomaly_map.ravel() for p in Inferencer(int8).predict_arrays(images)]
@@ -144,7 +138,7 @@ def test_quantize_refuses_without_calibration_data(exported, tmp_path):
 @pytest.mark.parametrize("exported", ["Padim"], indirect=True)  # model-independent: one model is enough
 def test_inferencer_reports_bad_inputs_and_runs_the_rest(exported, tiny_gpd, tmp_path):
     from anomalib_ext.deploy import Inferencer
-    from anomalib_ext.deploy.metadata import ModelFilesError, ModelVersionError
+    from anomalib_ext.export_format import ModelFilesError, ModelVersionError
 
     _, _, folder, _ = exported
     corrupt = tmp_path / "corrupt.png"
@@ -184,7 +178,7 @@ def test_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
     def disk_full(*args, **kwargs):
         raise OSError("No space left on device")
 
-    monkeypatch.setattr(export, "write_metadata", disk_full)
+    monkeypatch.setattr(export, "write_export_metadata", disk_full)
     with pytest.raises(OSError, match="No space"):
         export.export_openvino(model, tmp_path / "out" / "openvino")
     assert list((tmp_path / "out").iterdir()) == []  # neither the export nor its staging folder

@@ -188,7 +188,7 @@ def test_quantize_refuses_to_write_over_its_input(fp32_export, tiny_gpd, capsys)
 # ---- 7. calibration size -----------------------------------------------------------------------
 def test_quantize_warns_about_too_few_calibration_images_and_reports_the_count(fp32_export, tiny_gpd, tmp_path, capsys, caplog):
     from anomalib_ext.cli import main
-    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.export_format import read_metadata
 
     one = tmp_path / "one"
     one.mkdir()

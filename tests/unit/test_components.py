@@ -30,15 +30,43 @@ def test_coreset_covers_better_than_random():
     assert coverage_radius(x, x[ours]) < 0.8 * coverage_radius(x, x[random])
 
 
-def test_faiss_and_torch_give_the_same_neighbours():
+def test_faiss_and_torch_give_the_same_neighbours(monkeypatch):
+    from anomalib_ext.components import memory_bank
+
     torch.manual_seed(0)
     bank = MemoryBank()
-    bank.fit(torch.randn(3000, 48), sampling_ratio=0.1, progress=False)
-    queries = torch.randn(200, 48)
+    bank.fit(torch.randn(3000, 48), sampling_ratio=0.1)
+    queries = torch.randn(1, 200, 48)
+    monkeypatch.setattr(memory_bank, "FAISS_MIN_WORK", 0)  # this search is small: make faiss take it
+    assert bank._use_faiss(queries)  # noqa: SLF001
     d_faiss, i_faiss = bank.search(queries, k=9)
-    d_torch, i_torch = torch_knn(queries, bank.bank, 9)
-    assert torch.allclose(d_faiss, d_torch, atol=1e-4)
-    assert (i_faiss == i_torch).float().mean() > 0.99
+    d_torch, i_torch = torch_knn(queries[0], bank.bank[0], 9)
+    assert torch.allclose(d_faiss[0], d_torch, atol=1e-4)
+    assert (i_faiss[0] == i_torch).float().mean() > 0.99
+    nearest, index = bank.nearest(queries)
+    assert torch.allclose(nearest[0], d_torch[:, 0], atol=1e-4)
+
+
+def test_grouped_banks_equal_one_bank_per_group_and_reweight_like_patchcore():
+    torch.manual_seed(0)
+    features = torch.randn(3, 400, 16)
+    grouped = MemoryBank()
+    grouped.fit(features, sampling_ratio=0.25)
+    queries = torch.randn(3, 2, 10, 16)  # (G, B, P, D)
+    distances, indices = grouped.nearest(queries.flatten(1, 2))
+    scores = grouped.reweighted_max(queries, distances.reshape(3, 2, 10), indices.reshape(3, 2, 10), num_neighbors=5)
+    for g in range(3):
+        alone = MemoryBank()
+        alone.fit(features[g], sampling_ratio=0.25, seed=g)  # group g is selected with seed + g
+        assert torch.equal(alone.bank[0], grouped.bank[g])
+        for b in range(2):
+            d, i = torch_knn(queries[g, b], alone.bank[0], 1)
+            worst = int(d[:, 0].argmax())
+            # PatchCore: the worst patch, weighted by 1 - softmax over its distances to the k neighbours of its nearest feature.
+            _, support = torch_knn(alone.bank[0][i[worst]], alone.bank[0], 5)
+            dist = torch.linalg.vector_norm(queries[g, b, worst] - alone.bank[0][support[0]], dim=1)
+            expected = (1 - torch.softmax(dist, 0)[0]) * d[worst, 0]
+            assert torch.allclose(scores[g, b], expected, atol=1e-5)
 
 
 def test_memory_bank_exports_without_faiss_and_reloads():
@@ -52,12 +80,12 @@ def test_memory_bank_exports_without_faiss_and_reloads():
             self.bank = bank
 
         def forward(self, q):
-            return self.bank.search(q, k=1)[0]
+            return self.bank.search(q[None], k=1)[0][0]
 
     batch = torch.export.Dim("n", min=1, max=1024)
     program = torch.export.export(Scorer(), (torch.randn(4, 8),), dynamic_shapes=({0: batch},), strict=False)
     q = torch.randn(7, 8)
-    assert torch.allclose(program.module()(q), bank.search(q, 1)[0], atol=1e-4)
+    assert torch.allclose(program.module()(q), bank.search(q[None], 1)[0][0], atol=1e-4)
     reloaded = MemoryBank()
     reloaded.load_state_dict(bank.state_dict())
     assert torch.equal(reloaded.bank, bank.bank)

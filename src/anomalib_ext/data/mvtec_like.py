@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image, UnidentifiedImageError
 
 from anomalib_ext.errors import AnomalibExtError
@@ -167,6 +168,20 @@ def read_rgb(path: str | Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError) as error:
         msg = f"Cannot read image {path}: {error}. Replace or delete the file (it may be truncated or not an image)."
         raise OSError(msg) from error
+
+
+def resize_like_preprocessor(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, 3, H, W) float images resized to ``size`` as anomalib's PreProcessor resizes them (torchvision
+    ``Resize``: bilinear, antialiased), so images prepared outside a datamodule score as evaluated ones."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", antialias=True)
+
+
+def read_resized(path: str | Path, size: Sequence[int]) -> torch.Tensor:
+    """An image file as a (1, 3, H, W) float tensor in [0, 1] at ``size`` (see :func:`resize_like_preprocessor`)."""
+    image = torch.from_numpy(read_rgb(path)).permute(2, 0, 1).float()[None] / 255
+    return resize_like_preprocessor(image, size)
 
 
 def read_binary_mask(path: str | Path, image_path: str | Path | None = None, shape: Sequence[int] | None = None) -> np.ndarray:

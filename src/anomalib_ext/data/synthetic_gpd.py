@@ -116,7 +116,7 @@ def generate_dataset(
 
 def default_root(**settings) -> Path:
     """Cache folder for a set of generator settings (one folder per distinct setting)."""
-    from anomalib_ext.backbones import cache_dir
+    from anomalib_ext.paths import cache_dir
 
     digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     return cache_dir() / "synthetic_gpd" / digest

@@ -111,7 +111,7 @@ def export_main(args: argparse.Namespace) -> int:
 def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict:
     from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_rgb
     from anomalib_ext.deploy.evaluate import evaluate_openvino
-    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.export_format import read_metadata
     from anomalib_ext.deploy.timing import compare_openvino
 
     folders = {"FP32": model_dir, "INT8": output}
@@ -130,7 +130,7 @@ def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict
 def quantize_main(args: argparse.Namespace) -> int:
     """Quantise an FP32 export to INT8 with NNCF; with --eval-data, report the accuracy change and speed-up."""
     from anomalib_ext.deploy.folders import write_bytes_atomic
-    from anomalib_ext.deploy.metadata import read_metadata
+    from anomalib_ext.export_format import read_metadata
     from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES, quantize_openvino
 
     xml = quantize_openvino(args.model_dir, args.calibration, args.output, args.subset_size, args.scope,

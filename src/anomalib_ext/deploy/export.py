@@ -6,8 +6,9 @@ post-processor, outputs ``pred_score, pred_label, anomaly_map, pred_mask``), so 
 anomalib's ONNX (dynamo) route: that route bakes the example batch into anomalib's Patchcore graph
 (batch 2, then it fails on one image) and took 4x longer on our models (40 s vs 10 s at 128 px).
 
-Models with host-side state define ``export_host_steps(folder) -> dict``: it writes what it needs
-(AMFS: the reference image) into the export folder and returns what goes into ``metadata.json``.
+Models with host steps (:mod:`anomalib_ext.host_steps`) return them from ``host_steps()``; each step
+writes what it needs (alignment: the reference image) into the export folder and its settings into
+``metadata.json``.
 """
 
 from __future__ import annotations
@@ -15,26 +16,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from anomalib_ext.deploy.folders import staged_folder
-from anomalib_ext.deploy.metadata import OUTPUT_NAMES, build_metadata, pre_processor_steps, write_metadata
+from anomalib_ext.export_format import OUTPUT_NAMES, model_input_size, write_export_metadata
+
+if TYPE_CHECKING:
+    import openvino as ov
 
 logger = logging.getLogger(__name__)
 
 
-def model_input_size(model) -> tuple[int, int] | None:
-    """The size of the first ``Resize`` in the model's pre-processor, if any."""
-    from torchvision.transforms.v2 import Resize
-
-    for step in pre_processor_steps(model):
-        if isinstance(step, Resize) and step.size is not None and len(step.size) == 2:
-            return tuple(int(s) for s in step.size)
-    return None
-
-
-def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]):
+def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]) -> ov.Model:
     """``ov.Model`` of the eval-mode forward with inputs ``(?, 3, H, W)`` and anomalib's output names."""
     import openvino as ov
 
@@ -79,7 +74,6 @@ def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tupl
         raise ValueError(f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W).")
     with staged_folder(output, inputs, overwrite) as staging:
         ov.save_model(convert_to_openvino(model, input_size), staging / "model.xml", compress_to_fp16=False)
-        host_steps = model.export_host_steps(staging) if hasattr(model, "export_host_steps") else {}
-        write_metadata(staging, build_metadata(model, input_size, host_steps))
+        write_export_metadata(model, staging, input_size)  # host-step files (AMFS: reference) + metadata.json
     logger.info("Exported %s to %s", type(model).__name__, output / "model.xml")
     return output / "model.xml"

@@ -19,15 +19,11 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from anomalib_ext.errors import AnomalibExtError
+from anomalib_ext.export_format import METADATA_FILE
+from anomalib_ext.files import OutputFolderError, write_bytes_atomic
 
-METADATA_FILE = "metadata.json"
 # Files every export of ours may hold besides the ones its metadata lists (older exports list none).
 EXPORT_FILES = frozenset({"model.xml", "model.bin", METADATA_FILE, "quantization_report.json"})
-
-
-class OutputFolderError(AnomalibExtError, OSError):
-    """An output folder that cannot or must not be written."""
 
 
 def current_umask() -> int:
@@ -104,24 +100,6 @@ def staged_folder(output: str | Path, inputs: Iterable[str | Path] = (), overwri
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place.
-
-    A failed write (full disk, file-size limit, read-only folder) removes the temporary file and
-    raises an :class:`OutputFolderError` naming ``path``; ``path`` is then either absent or its old content.
-    """
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        raise OutputFolderError(f"Could not write {path}: {error.strerror or error}. Free space or fix the "
-                                "folder's permissions, then run again.") from error
 
 
 class OutputLock:

@@ -1,17 +1,17 @@
 """Batched OpenVINO inference on an ``anomalib-ext export`` folder, with the model's host-side steps.
 
-    inferencer = Inferencer("export/openvino")          # model.xml + metadata.json (+ AMFS reference)
+    inferencer = Inferencer("export/openvino")          # model.xml + metadata.json (+ host-step files)
     predictions, errors = inferencer.predict_paths(collect_images("images/"), batch_size=8)
 
-Per image: read (RGB) -> resize to the model's input size -> host steps (AMFS: align to the saved
-reference) -> batched IR -> maps warped back into the resized input frame -> mask at the model's
-threshold (0.5 on the normalised map, as in anomalib's post-processor). A file that cannot be used
-gives an error naming it; the rest of the batch still runs.
+Per image: read (RGB) -> resize to the model's input size -> host steps ``prepare`` (named in
+``metadata.json`` and rebuilt by :func:`anomalib_ext.host_steps.load_host_steps`; AMFS: align to the
+saved reference) -> batched IR -> host steps ``restore`` (maps back into the resized input frame) ->
+mask at the model's threshold (0.5 on the normalised map, as in anomalib's post-processor). A file
+that cannot be used gives an error naming it; the rest of the batch still runs.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import glob
 import logging
@@ -24,10 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb, unusual_shape
+from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb, resize_like_preprocessor, unusual_shape
 from anomalib_ext.deploy.folders import is_output_folder
-from anomalib_ext.deploy.metadata import OUTPUT_NAMES, ModelFilesError, read_metadata
 from anomalib_ext.errors import AnomalibExtError
+from anomalib_ext.export_format import OUTPUT_NAMES, ModelFilesError, read_metadata
+from anomalib_ext.host_steps import load_host_steps
 
 logger = logging.getLogger(__name__)
 NORMALIZED_THRESHOLD = 0.5
@@ -146,7 +147,7 @@ class Inferencer:
         self.core = ov.Core()
         self.model = read_ir(self.core, self.xml)
         self._requests: dict[int, object] = {}  # batch size -> infer request of a static-shape compile
-        self.aligner = self._make_aligner(self.metadata.get("host_steps", {}).get("align"))
+        self.host_steps = load_host_steps(self.folder, self.metadata.get("host_steps"))
 
     def _request(self, batch_size: int):
         """The IR has a dynamic batch; each batch size is compiled once with static shapes. Measured at
@@ -162,22 +163,9 @@ class Inferencer:
         """The precision OpenVINO picked for this device (e.g. f32, bf16)."""
         return str(self._request(1).get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
 
-    def _make_aligner(self, align: dict | None):
-        if not align:
-            return None
-        from anomalib_ext.models.amfs.alignment import BatchAligner
-        from anomalib_ext.transforms.align import ORBSettings
-
-        reference_path = self.folder / align["reference"]
-        if not reference_path.is_file():
-            raise ModelFilesError(f"{reference_path} (the alignment reference) is missing from {self.folder}: export the model again.")
-        fields = {f.name for f in dataclasses.fields(ORBSettings)}
-        settings = ORBSettings(**{k: v for k, v in align["orb"].items() if k in fields})
-        return BatchAligner(read_rgb(reference_path), settings, align.get("fill_from_reference", False))
-
     # ---- one image -> model input ---------------------------------------------------------------
-    def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, np.ndarray]:
-        """(3, H, W) float32 model input in [0, 1] and the homography input->model frame (identity without alignment)."""
+    def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, tuple]:
+        """(3, H, W) float32 model input in [0, 1] and the image's host-step state (for :meth:`restore`)."""
         image = check_image(np.asarray(image), name)
         warning = unusual_shape(name, image.shape[:2], self.input_size)
         if warning:
@@ -185,15 +173,8 @@ class Inferencer:
         if image.dtype == np.uint8:
             image = image.astype(np.float32) / 255
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).permute(2, 0, 1)[None]
-        if tuple(tensor.shape[-2:]) != self.input_size:
-            # The resize anomalib's PreProcessor applies in training and testing (torchvision Resize,
-            # antialiased bilinear), so deployed scores match the evaluated ones.
-            tensor = torch.nn.functional.interpolate(tensor, size=self.input_size, mode="bilinear", antialias=True)
-        homography = np.eye(3)
-        if self.aligner is not None:
-            aligned, homographies, _ = self.aligner.align(tensor)  # failed alignment: identity, counted in .failures
-            tensor, homography = aligned, homographies[0]
-        return tensor[0].numpy(), homography
+        tensor, states = self.host_steps.prepare(resize_like_preprocessor(tensor, self.input_size))
+        return tensor[0].numpy(), states[0]
 
     # ---- batches --------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -221,10 +202,8 @@ class Inferencer:
         start = time.perf_counter()
         outputs = self.infer(np.stack([p[0] for p in prepared]))
         maps = torch.from_numpy(outputs["anomaly_map"].reshape(len(prepared), 1, *self.input_size).astype(np.float32))
-        if self.aligner is not None:
-            from anomalib_ext.models.amfs.alignment import BatchAligner
-
-            maps = BatchAligner.warp_back(maps, np.stack([p[1] for p in prepared]))
+        if self.host_steps:
+            maps = self.host_steps.restore(maps, [p[1] for p in prepared])
         ir_ms = (time.perf_counter() - start) * 1000 / len(prepared)
         scores = outputs["pred_score"].reshape(len(prepared))
         return [

@@ -22,7 +22,7 @@ import numpy as np
 from anomalib_ext.data.mvtec_like import read_rgb
 from anomalib_ext.deploy.inferencer import Inferencer, collect_images, read_ir, resolve_model_dir
 from anomalib_ext.deploy.folders import EXPORT_FILES, check_export_target, staged_folder
-from anomalib_ext.deploy.metadata import read_metadata, write_metadata
+from anomalib_ext.export_format import read_metadata, write_metadata
 from anomalib_ext.errors import AnomalibExtError
 
 logger = logging.getLogger(__name__)

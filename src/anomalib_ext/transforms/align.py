@@ -1,4 +1,7 @@
-"""ORBAlign: register an image onto a reference by ORB key points, Hamming matching and RANSAC.
+"""Alignment to a reference image by ORB key points, Hamming matching and RANSAC.
+
+``ORBAlign`` (a torchvision transform: image + mask), ``BatchAligner`` (batches, failure counts, maps
+warped back), ``choose_reference`` and ``AlignmentStep``: the ``align`` host step any model can use.
 
 The homography maps input pixels into the reference frame. When alignment fails (too few matches
 or inliers, a degenerate or extreme matrix) the identity is used and the failure is reported in
@@ -7,14 +10,20 @@ the returned :class:`AlignmentResult` (and logged once per transform) — never 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform
+
+from anomalib_ext.host_steps import HostStep, register_host_step
 
 logger = logging.getLogger(__name__)
 
@@ -200,6 +209,136 @@ def align(image: torch.Tensor, reference: ReferenceFeatures, mask: torch.Tensor 
     return aligned, aligned_mask, result
 
 
+def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float [0, 1] or uint8 tensor -> HxWx3 uint8 array."""
+    array = image.detach().cpu()
+    if array.dtype != torch.uint8:
+        array = (array.clamp(0, 1) * 255).round().to(torch.uint8)
+    return np.ascontiguousarray(array.permute(1, 2, 0).numpy())
+
+
+def choose_reference(
+    images: list[torch.Tensor], mode: str, settings: ORBSettings, *, candidates: int = 8, probes: int = 8,
+) -> int:
+    """Index of the reference: ``first``, or ``best`` = the candidate others align to with most inliers."""
+    if mode == "first" or len(images) < 3:
+        return 0
+    if mode != "best":
+        msg = f"reference must be 'first' or 'best', got '{mode}'"
+        raise ValueError(msg)
+    rng = np.random.default_rng(0)
+    pool = list(range(min(candidates, len(images))))
+    best, best_inliers = 0, -1.0
+    for c in pool:
+        reference = ReferenceFeatures(to_uint8_hwc(images[c]), settings)
+        others = [i for i in range(len(images)) if i != c]
+        picked = rng.choice(others, size=min(probes, len(others)), replace=False)
+        inliers = np.mean([estimate_homography(to_uint8_hwc(images[i]), reference).inliers for i in picked])
+        if inliers > best_inliers:
+            best, best_inliers = c, inliers
+    logger.info("Alignment reference: training image %d (mean %.1f inliers)", best, best_inliers)
+    return best
+
+
+class BatchAligner:
+    """Aligns images to a reference image, counts the failures, and warps maps back.
+
+    Args:
+        reference: HxWx3 uint8 RGB (or a CxHxW tensor): the frame images are aligned into.
+        settings: ORB / RANSAC / sanity-check settings.
+        fill_from_reference: where the warped input has no pixels (outside its borders), show the reference:
+            a normal view of that spot, instead of smeared edge pixels that every k-NN bank would call anomalous.
+    """
+
+    def __init__(self, reference: np.ndarray | torch.Tensor, settings: ORBSettings, *, fill_from_reference: bool = True) -> None:
+        self.reference = ReferenceFeatures(reference, settings)
+        image = np.ascontiguousarray(reference if isinstance(reference, np.ndarray) else to_uint8_hwc(reference))
+        self.fill = torch.from_numpy(image).permute(2, 0, 1).float().div(255) if fill_from_reference else None
+        self.failures = 0
+        self.total = 0
+
+    def estimate(self, image: np.ndarray | torch.Tensor) -> AlignmentResult:
+        """The homography of one image; a failure (identity) is counted and the first one logged."""
+        result = estimate_homography(image, self.reference)
+        self.total += 1
+        if not result.ok:
+            self.failures += 1
+            if self.failures == 1:
+                logger.warning("Alignment fell back to the identity: %s (further failures counted in .failures)", result.reason)
+        return result
+
+    def align(self, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, list[bool]]:
+        """(B, 3, H, W) in [0, 1] -> aligned images (same size), homographies (B, 3, 3) input->reference, success flags."""
+        h, w = images.shape[-2:]
+        if (h, w) != tuple(self.reference.shape):
+            msg = f"Image size {(h, w)} differs from the reference {tuple(self.reference.shape)}; resize first."
+            raise ValueError(msg)
+        aligned, homographies, oks = [], [], []
+        for image in images:
+            result = self.estimate(image)
+            fill = self.fill.to(image.dtype) if self.fill is not None and image.dtype.is_floating_point else None
+            aligned.append(warp_tensor(image, result.homography, (h, w), fill=fill) if result.ok else image.cpu())
+            homographies.append(result.homography)
+            oks.append(result.ok)
+        return torch.stack(aligned).to(images.device, images.dtype), np.stack(homographies), oks
+
+    @staticmethod
+    def warp_back(maps: torch.Tensor, homographies: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
+        """(B, 1, H, W) maps in the reference frame -> the input frame (inverse homographies)."""
+        size = tuple(maps.shape[-2:])
+        back = [warp_tensor(m, np.linalg.inv(homography), size) for m, homography in zip(maps, homographies, strict=True)]
+        return torch.stack(back).to(maps.device, maps.dtype)
+
+
+@register_host_step
+class AlignmentStep(HostStep):
+    """Host step ``align``: ORB alignment to a reference before the model, maps warped back after it.
+
+    Any model can use it (AMFS does by default); its export folder holds the reference image and
+    ``metadata.json`` its settings, so the Inferencer rebuilds the same step by name.
+    """
+
+    name = "align"
+    REFERENCE_FILE = "align_reference.png"
+
+    def __init__(self, reference: np.ndarray, settings: ORBSettings = ORBSettings(), *, fill_from_reference: bool = True) -> None:
+        self.reference_image = np.ascontiguousarray(reference)  # (H, W, 3) uint8 RGB
+        self.settings = settings
+        self.fill_from_reference = fill_from_reference
+        self.aligner = BatchAligner(self.reference_image, settings, fill_from_reference=fill_from_reference)
+
+    def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray]]:
+        """Aligned images and each image's homography (identity where alignment failed, counted in ``aligner``)."""
+        aligned, homographies, _ = self.aligner.align(images)
+        return aligned, list(homographies)
+
+    def restore(self, maps: torch.Tensor, states: Sequence[np.ndarray]) -> torch.Tensor:
+        """Maps warped back into each input's frame."""
+        return BatchAligner.warp_back(maps, states)
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """The reference as a PNG (RGB) and the ORB settings."""
+        if not cv2.imwrite(str(Path(folder) / self.REFERENCE_FILE), np.ascontiguousarray(self.reference_image[..., ::-1])):
+            msg = f"Could not write the alignment reference {Path(folder) / self.REFERENCE_FILE}."
+            raise OSError(msg)
+        return {"reference": self.REFERENCE_FILE, "fill_from_reference": self.fill_from_reference,
+                "orb": dataclasses.asdict(self.settings)}
+
+    @classmethod
+    def load(cls, folder: Path, config: dict[str, Any]) -> AlignmentStep:
+        """From an export folder: its reference image and settings (unknown ORB fields are ignored)."""
+        from anomalib_ext.data.mvtec_like import read_rgb
+        from anomalib_ext.export_format import ModelFilesError
+
+        path = Path(folder) / config["reference"]
+        if not path.is_file():
+            msg = f"{path} (the alignment reference) is missing from {folder}: export the model again."
+            raise ModelFilesError(msg)
+        fields = {f.name for f in dataclasses.fields(ORBSettings)}
+        settings = ORBSettings(**{k: v for k, v in config.get("orb", {}).items() if k in fields})
+        return cls(read_rgb(path), settings, fill_from_reference=config.get("fill_from_reference", False))
+
+
 class ORBAlign(Transform):
     """torchvision-v2 transform that aligns images (and their masks, nearest) to a reference image.
 
@@ -213,19 +352,21 @@ class ORBAlign(Transform):
 
     def __init__(self, reference: np.ndarray | torch.Tensor, settings: ORBSettings = ORBSettings()) -> None:
         super().__init__()
-        self.reference = ReferenceFeatures(reference, settings)
+        self.aligner = BatchAligner(reference, settings, fill_from_reference=False)
+        self.reference = self.aligner.reference
         self.last_result: AlignmentResult | None = None
-        self.failures = 0
 
-    def forward(self, *inputs):
+    @property
+    def failures(self) -> int:
+        """How many images fell back to the identity."""
+        return self.aligner.failures
+
+    def forward(self, *inputs: Any) -> Any:  # noqa: ANN401 - torchvision transforms take and return anything
+        """Align the image among ``inputs`` and warp every tensor with it (masks nearest)."""
         flat = inputs if len(inputs) > 1 else (inputs[0],)
         image = next(x for x in flat if isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.Mask))
-        result = estimate_homography(image, self.reference)
+        result = self.aligner.estimate(image)
         self.last_result = result
-        if not result.ok:
-            self.failures += 1
-            if self.failures == 1:
-                logger.warning("ORBAlign fell back to the identity: %s (further failures counted in .failures)", result.reason)
         size = self.reference.shape
         outputs = []
         for x in flat:

@@ -7,11 +7,9 @@ scores are fused by F_fusion. Maps are returned in the input image's frame.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,15 +25,16 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 from torchvision.transforms.v2 import Compose, Resize
 
-from anomalib_ext.models.amfs.alignment import BatchAligner, choose_reference, to_uint8_hwc
+from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.amfs.synthetic import check_fusion_anomalies, fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
-from anomalib_ext.transforms.align import ORBSettings
+from anomalib_ext.models.base import HostStepsMixin
+from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, to_uint8_hwc
 
 logger = logging.getLogger(__name__)
 
 
-class AMFS(MemoryBankMixin, AnomalibModule):
+class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
     """AMFS anomaly detector.
 
     Args:
@@ -48,11 +47,12 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         num_neighbors: k for PatchCore's score re-weighting (9).
         scoring: ``fusion`` (F_fusion, paper: w_ij = F(m_ij), sigmoid-bounded), ``fusion_softmax`` (weights
             normalised over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``.
-        align: I-RA on/off.
+        align: I-RA on/off (the ``align`` host step of :mod:`anomalib_ext.transforms.align`).
         reference: ``best`` (the training image others align to with most inliers) or ``first``.
         fill_from_reference: where an aligned image has no pixels (outside the photo's borders), show the
             reference there (default) instead of repeating the edge pixels.
-        orb_features / orb_keep_fraction: ORB settings of the alignment.
+        orb: every ORB / RANSAC / sanity-check setting of the alignment (:class:`ORBSettings`; the AMFS
+            authors' recipe by default: 500 features, best 15% of matches, 3 px RANSAC).
         fusion_holdout: fraction of training images kept out of the banks to train F_fusion on (images
             that are in the banks score ~0 and would teach the fusion nothing).
         fusion_max_images: at most this many held-out images (F_fusion is small; more only costs time).
@@ -67,10 +67,11 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         seed: seeds hold-out split, synthesis and coreset starts.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the paper's hyper-parameters, flat as in anomalib's models
         self,
         backbone: str = "tf_efficientnet_lite2",
         layers: Sequence[str] = ("blocks.2", "blocks.4"),
+        *,
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         levels: int = 3,
@@ -80,8 +81,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         align: bool = True,
         reference: str = "best",
         fill_from_reference: bool = True,
-        orb_features: int = 500,
-        orb_keep_fraction: float = 0.15,
+        orb: ORBSettings = ORBSettings(),  # noqa: B008 - frozen dataclass, never mutated
         fusion_holdout: float = 0.2,
         fusion_max_images: int = 32,
         holdout_to_banks: bool = True,
@@ -96,12 +96,15 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         visualizer: Visualizer | bool = True,
     ) -> None:
         super().__init__(pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer)
-        self.model = AMFSModel(backbone, tuple(layers), pre_trained, backbone_weights, levels, num_neighbors, scoring)
+        self.model = AMFSModel(
+            backbone, tuple(layers), pre_trained=pre_trained, backbone_weights=backbone_weights, levels=levels,
+            num_neighbors=num_neighbors, scoring=scoring,
+        )
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.align = align
         self.reference_mode = reference
         self.fill_from_reference = fill_from_reference
-        self.orb_settings = ORBSettings(n_features=orb_features, keep_fraction=orb_keep_fraction)
+        self.orb = orb
         self.fusion_holdout = fusion_holdout
         self.fusion_max_images = fusion_max_images
         self.holdout_to_banks = holdout_to_banks
@@ -111,7 +114,7 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         self.texture_dir = texture_dir
         self.seed = seed
         self._train_images: list[tuple[str | None, torch.Tensor]] = []  # (path, uint8 image) as collected
-        self._aligner: BatchAligner | None = None
+        self._host_steps: HostPipeline | None = None  # built from the reference, after fit or checkpoint loading
 
     @classmethod
     def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
@@ -120,18 +123,22 @@ class AMFS(MemoryBankMixin, AnomalibModule):
 
     @staticmethod
     def configure_post_processor() -> PostProcessor:
+        """anomalib's default: thresholds from validation, scores and maps normalised to 0.5 = threshold."""
         return PostProcessor()
 
     @staticmethod
     def configure_optimizers() -> None:
+        """None: the banks and F_fusion are built in :meth:`fit`, not by Lightning's optimiser loop."""
         return
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:
+        """One pass over the training data collects the images; no gradient clipping, no sanity check."""
         return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
 
     @property
     def learning_type(self) -> LearningType:
+        """One-class: normal images only."""
         return LearningType.ONE_CLASS
 
     # ---- training ----------------------------------------------------------------------------
@@ -162,9 +169,9 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         images = self._images_in_path_order()
         if len(images) < 3:
             raise ValueError(f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}.")
-        ref_index = choose_reference(images, self.reference_mode, self.orb_settings) if self.align else 0
+        ref_index = choose_reference(images, self.reference_mode, self.orb) if self.align else 0
         self.model.reference = torch.from_numpy(to_uint8_hwc(images[ref_index])).to(self.device)
-        self._aligner = None
+        self._host_steps = None
         rest = [img for i, img in enumerate(images) if i != ref_index]
         rng = np.random.default_rng(self.seed)
         n_holdout = int(round(len(rest) * self.fusion_holdout)) if self.model.fusion.trainable else 0
@@ -173,24 +180,27 @@ class AMFS(MemoryBankMixin, AnomalibModule):
         holdout = [rest[i] for i in order[:n_holdout]]
         bank_images = [rest[i] for i in order[n_holdout:]]
         embeddings = self._embed_all(self._aligned_float(bank_images))
-        if self.align and self.aligner.failures > 0.5 * self.aligner.total:
+        aligner = self._alignment.aligner if self.align else None
+        if aligner is not None and aligner.failures > 0.5 * aligner.total:
             # Textures and freely rotating parts have nothing to register; say so once, clearly.
             logger.warning(
                 "AMFS I-RA fell back to the identity for %d of %d training images: these images cannot be "
                 "registered to the reference, so the banks are positional but unaligned. Set align=False to skip "
-                "the alignment cost.", self.aligner.failures, self.aligner.total,
+                "the alignment cost.", aligner.failures, aligner.total,
             )
         self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
         if holdout:
             aligned_holdout = self._aligned_float(holdout)
-            fill = self.aligner.fill if self.align else None
-            maps, scores, labels = fusion_training_set(self.model, aligned_holdout, self.fusion_samples_per_image, self.texture_dir, self.seed, fill, self.fusion_anomalies)
+            maps, scores, labels = fusion_training_set(
+                self.model, aligned_holdout, samples_per_image=self.fusion_samples_per_image, texture_dir=self.texture_dir,
+                seed=self.seed, fill=aligner.fill if aligner is not None else None, kinds=self.fusion_anomalies,
+            )
             self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
             if self.holdout_to_banks:
                 embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])
                 self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
                 bank_images = rest
-        logger.info("AMFS banks: %d blocks x %d features (from %d images)", *self.model.banks.shape[:2], len(bank_images))
+        logger.info("AMFS banks: %d blocks x %d features (from %d images)", *self.model.memory.bank.shape[:2], len(bank_images))
         self._train_images = []
 
     def _embed_all(self, images: torch.Tensor) -> torch.Tensor:
@@ -198,70 +208,21 @@ class AMFS(MemoryBankMixin, AnomalibModule):
 
     def _aligned_float(self, images: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(images).to(self.device).float().div(255)  # (N, 3, H, W) in [0, 1]
-        return self.align_images(batch)[0] if self.align else batch
+        return self.host_steps().prepare(batch)[0]
 
-    # ---- inference ---------------------------------------------------------------------------
-    @property
-    def aligner(self) -> BatchAligner:
-        if self._aligner is None:
+    # ---- host steps (validation/test/predict steps and export routes: HostStepsMixin) --------------
+    def host_steps(self) -> HostPipeline:
+        """Alignment to the reference training image when ``align`` (I-RA); none otherwise."""
+        if not self.align:
+            return HostPipeline()
+        if self._host_steps is None:
             if self.model.reference.numel() == 0:
-                raise RuntimeError("AMFS has no reference image yet: train it (or load a trained checkpoint) first.")
-            self._aligner = BatchAligner(self.model.reference.cpu().numpy(), self.orb_settings, self.fill_from_reference)
-        return self._aligner
+                msg = "AMFS has no reference image yet: train it (or load a trained checkpoint) first."
+                raise RuntimeError(msg)
+            step = AlignmentStep(self.model.reference.cpu().numpy(), self.orb, fill_from_reference=self.fill_from_reference)
+            self._host_steps = HostPipeline([step])
+        return self._host_steps
 
-    def align_images(self, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-        aligned, homographies, _ = self.aligner.align(images)
-        return aligned, homographies
-
-    def predict_aligned(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Host alignment -> model -> maps warped back into the input frame."""
-        if not self.align:
-            output = self.model(images)
-            return {"pred_score": output.pred_score, "anomaly_map": output.anomaly_map}
-        aligned, homographies = self.align_images(images)
-        output = self.model(aligned)
-        return {"pred_score": output.pred_score, "anomaly_map": BatchAligner.warp_back(output.anomaly_map, homographies)}
-
-    def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
-        del args, kwargs
-        return batch.update(**self.predict_aligned(batch.image))
-
-    def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
-        del args, kwargs
-        return batch.update(**self.predict_aligned(batch.image))
-
-    def predict_step(self, batch: Batch, *args, **kwargs) -> Batch:
-        del args, kwargs
-        return batch.update(**self.predict_aligned(batch.image))
-
-    # ---- export --------------------------------------------------------------------------------
-    def export_host_steps(self, folder: Path) -> dict[str, Any]:
-        """The alignment the IR cannot hold: writes the reference image into ``folder``, returns its settings."""
-        import cv2
-
-        if not self.align:
-            return {}
-        reference = self.model.reference.cpu().numpy()  # (H, W, 3) uint8 RGB
-        cv2.imwrite(str(Path(folder) / "amfs_reference.png"), np.ascontiguousarray(reference[..., ::-1]))
-        return {"align": {"reference": "amfs_reference.png", "fill_from_reference": self.fill_from_reference,
-                          "orb": dataclasses.asdict(self.orb_settings)}}
-
-
-def _export_with_metadata(export):
-    def wrapper(self: AMFS, export_root, *args, **kwargs):
-        from anomalib_ext.deploy.export import model_input_size
-        from anomalib_ext.deploy.metadata import build_metadata, write_metadata
-
-        path = Path(export(self, export_root, *args, **kwargs))
-        size = tuple(self.model.reference.shape[:2]) or model_input_size(self)
-        write_metadata(path.parent, build_metadata(self, size, self.export_host_steps(path.parent)))
-        return path
-
-    wrapper.__doc__ = export.__doc__
-    return wrapper
-
-
-# anomalib's own export paths (anomalib export / Engine.export / to_onnx / to_openvino) also write the
-# host steps and metadata.json, so `anomalib-ext infer` runs their output too.
-AMFS.to_openvino = _export_with_metadata(AnomalibModule.to_openvino)
-AMFS.to_onnx = _export_with_metadata(AnomalibModule.to_onnx)
+    @property
+    def _alignment(self) -> AlignmentStep:
+        return self.host_steps().steps[0]

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torchvision.transforms.v2 import RandomAffine
 
 from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, perlin_anomaly_generator
+
+if TYPE_CHECKING:
+    from anomalib_ext.models.amfs.torch_model import AMFSModel
 
 # Anomaly kinds F_fusion can be trained on. ``perlin`` is the paper's (DRAEM: texture in Perlin blobs,
 # locally abnormal). ``cutpaste`` moves a small piece of the image itself elsewhere (0.2-2% of the area,
@@ -29,9 +33,10 @@ def check_fusion_anomalies(kinds: Sequence[str]) -> tuple[str, ...]:
 
 @torch.no_grad()
 def fusion_training_set(
-    model,
+    model: AMFSModel,
     images: torch.Tensor,
-    per_image: int,
+    *,
+    samples_per_image: int,
     texture_dir: str | None,
     seed: int,
     fill: torch.Tensor | None = None,
@@ -39,8 +44,8 @@ def fusion_training_set(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(maps (N, nb, 1, h, w), scores (N, nb), labels (N,)) from held-out aligned images.
 
-    For each image: ``per_image`` synthetic anomalies, cycling through ``kinds`` (see
-    ``FUSION_ANOMALIES``), and ``per_image`` normals augmented by small translation, scaling and
+    For each image: ``samples_per_image`` synthetic anomalies, cycling through ``kinds`` (see
+    ``FUSION_ANOMALIES``), and ``samples_per_image`` normals augmented by small translation, scaling and
     rotation (what residual misalignment looks like). Where the augmentation moves the image off the
     canvas, ``fill`` (the alignment reference, as at test time) shows through instead of black wedges,
     which would teach F_fusion that strong border responses are normal.
@@ -54,7 +59,7 @@ def fusion_training_set(
     kind_cycle = itertools.cycle(kinds)
     for image in images:
         image = image.cpu()
-        for _ in range(per_image):
+        for _ in range(samples_per_image):
             kind = next(kind_cycle)
             if kind == "perlin":
                 out, mask = perlin(image)

@@ -1,22 +1,29 @@
-"""``metadata.json`` beside every exported IR: what the host needs to run the model and check it.
+"""The export folder's format: ``metadata.json`` beside every exported IR, read and written here.
 
 The IR holds pre-processor -> model -> post-processor (normalisation and thresholds included). The
-host still has to know the input size, any host-side step the graph cannot hold (AMFS's alignment to
-its reference image), the precision, and which package versions wrote it.
+host still has to know the input size, the host steps the graph cannot hold (see
+:mod:`anomalib_ext.host_steps`; AMFS: alignment to its reference image), the precision, and which
+package versions wrote it. Below both ``models`` (whose anomalib export routes write it too) and
+``deploy`` (which reads it), so neither imports the other.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from anomalib_ext.deploy.folders import METADATA_FILE, write_bytes_atomic
 from anomalib_ext.errors import AnomalibExtError
+from anomalib_ext.files import write_bytes_atomic
+from anomalib_ext.host_steps import host_steps_of
+
+if TYPE_CHECKING:
+    import torch
 
 # Bumped when the layout of metadata.json or the IR's inputs/outputs change in an incompatible way.
 FORMAT_VERSION = 1
 OUTPUT_NAMES = ("pred_score", "pred_label", "anomaly_map", "pred_mask")
+METADATA_FILE = "metadata.json"
 
 
 class ModelFilesError(AnomalibExtError, FileNotFoundError):
@@ -36,7 +43,7 @@ def _versions() -> dict[str, str]:
     return {"anomalib_ext": anomalib_ext.__version__, "anomalib": anomalib.__version__, "openvino": openvino.__version__}
 
 
-def pre_processor_steps(model) -> list:
+def pre_processor_steps(model: torch.nn.Module) -> list:
     """The transforms of the model's pre-processor, in order (empty without one)."""
     from torchvision.transforms.v2 import Compose
 
@@ -46,7 +53,17 @@ def pre_processor_steps(model) -> list:
     return list(transform.transforms) if isinstance(transform, Compose) else [transform]
 
 
-def _normalization(model) -> dict[str, Any] | None:
+def model_input_size(model: torch.nn.Module) -> tuple[int, int] | None:
+    """The size of the first ``Resize`` in the model's pre-processor, if any."""
+    from torchvision.transforms.v2 import Resize
+
+    for step in pre_processor_steps(model):
+        if isinstance(step, Resize) and step.size is not None and len(step.size) == 2:
+            return tuple(int(s) for s in step.size)
+    return None
+
+
+def _normalization(model: torch.nn.Module) -> dict[str, Any] | None:
     """Mean/std of a ``Normalize`` in the model's pre-processor (it runs inside the IR), if any."""
     from torchvision.transforms.v2 import Normalize
 
@@ -56,7 +73,10 @@ def _normalization(model) -> dict[str, Any] | None:
     return None
 
 
-def build_metadata(model, input_size: tuple[int, int], host_steps: dict[str, Any], precision: str = "FP32") -> dict[str, Any]:
+def build_metadata(
+    model: torch.nn.Module, input_size: tuple[int, int], host_steps: dict[str, Any], precision: str = "FP32",
+) -> dict[str, Any]:
+    """Everything ``metadata.json`` says about an FP32 export of ``model`` (``files`` is added on writing)."""
     post = getattr(model, "post_processor", None)
     thresholds = {}
     if post is not None and hasattr(post, "image_threshold"):
@@ -96,6 +116,20 @@ def _check_fields(path: Path, metadata: dict[str, Any]) -> None:
         raise ModelFilesError(f"{path} has no valid precision (FP32 or INT8). {fix}")
     if not isinstance(metadata.get("host_steps", {}), dict):
         raise ModelFilesError(f"{path}: host_steps must be an object. {fix}")
+
+
+def write_export_metadata(model: torch.nn.Module, folder: str | Path, input_size: tuple[int, int] | None = None) -> Path:
+    """Save the model's host steps into ``folder`` and write its ``metadata.json`` (FP32).
+
+    ``input_size`` defaults to the model's pre-processor size. Used by our export and by the anomalib
+    export routes of our models (so ``anomalib export`` output runs in ``anomalib-ext infer`` too).
+    """
+    size = tuple(input_size) if input_size else model_input_size(model)
+    if size is None:
+        msg = f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W)."
+        raise ValueError(msg)
+    host_steps = host_steps_of(model).save(Path(folder))
+    return write_metadata(Path(folder), build_metadata(model, size, host_steps))
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:

@@ -1,0 +1,82 @@
+"""What every model of the plugin shares: host steps around the network, the eval steps, the export routes.
+
+A model mixes in :class:`HostStepsMixin` before ``AnomalibModule`` and overrides :meth:`host_steps`
+(AMFS: alignment when ``align=True``). It then gets
+
+- ``validation_step`` / ``test_step`` / ``predict_step``: host ``prepare`` -> ``self.model`` (raw scores
+  and maps) -> host ``restore``, so anomalib's post-processor, evaluator and visualizer see maps in the
+  input frame;
+- :meth:`predict_end_to_end`: the deployed pipeline (host steps around anomalib's forward, normalised),
+  which the Inferencer's output must equal;
+- ``to_openvino`` / ``to_onnx`` (anomalib's export routes, ``anomalib export``): they also write the
+  host-step files and ``metadata.json``, so their output runs in ``anomalib-ext infer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomalib.models.components import AnomalibModule
+
+from anomalib_ext.export_format import model_input_size, write_export_metadata
+from anomalib_ext.host_steps import HostPipeline, predict_end_to_end
+
+if TYPE_CHECKING:
+    import torch
+    from anomalib.data import Batch, InferenceBatch
+
+
+class HostStepsMixin:
+    """Host steps, eval steps and export routes for an ``AnomalibModule`` whose ``self.model`` returns
+    ``InferenceBatch(pred_score, anomaly_map)`` on prepared images."""
+
+    model: torch.nn.Module
+
+    def host_steps(self) -> HostPipeline:
+        """The steps around the network (none by default)."""
+        return HostPipeline()
+
+    def predict_raw(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw ``pred_score`` and ``anomaly_map`` (input frame) for (B, 3, H, W) images in [0, 1]."""
+        steps = self.host_steps()
+        prepared, states = steps.prepare(images)
+        output = self.model(prepared)
+        anomaly_map = steps.restore(output.anomaly_map, states) if steps else output.anomaly_map
+        return {"pred_score": output.pred_score, "anomaly_map": anomaly_map}
+
+    def predict_end_to_end(self, images: torch.Tensor) -> InferenceBatch:
+        """Normalised scores and maps as the deployed model gives them (see :func:`host_steps.predict_end_to_end`)."""
+        return predict_end_to_end(self, images)
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """Raw scores and maps in the input frame; anomalib's callbacks normalise and evaluate them."""
+        del args, kwargs
+        return batch.update(**self.predict_raw(batch.image))
+
+    def test_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """As :meth:`validation_step`."""
+        del args, kwargs
+        return batch.update(**self.predict_raw(batch.image))
+
+    def predict_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """As :meth:`validation_step`."""
+        del args, kwargs
+        return batch.update(**self.predict_raw(batch.image))
+
+    def to_openvino(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
+        """anomalib's OpenVINO export, plus host-step files and ``metadata.json`` beside the IR."""
+        path = Path(AnomalibModule.to_openvino(self, export_root, *args, **kwargs))
+        write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
+        return path
+
+    def to_onnx(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
+        """anomalib's ONNX export, plus host-step files and ``metadata.json`` beside the model."""
+        path = Path(AnomalibModule.to_onnx(self, export_root, *args, **kwargs))
+        write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
+        return path
+
+    def _export_input_size(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int] | None:
+        """The size anomalib exported at: the call's ``input_size`` (third argument), else the pre-processor's."""
+        size = kwargs.get("input_size", args[1] if len(args) > 1 else None)
+        return tuple(size) if size else model_input_size(self)
