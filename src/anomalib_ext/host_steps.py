@@ -53,6 +53,10 @@ class HostStep(ABC):
     def load(cls, folder: Path, config: dict[str, Any]) -> HostStep:
         """The step again, from an export folder and the settings :meth:`save` returned."""
 
+    def report(self) -> dict[str, Any]:
+        """Counters worth a benchmark column (e.g. alignment fallbacks); none by default."""
+        return {}
+
 
 def register_host_step(cls: type[HostStep]) -> type[HostStep]:
     """Class decorator: make a step known by its ``name`` in this process."""

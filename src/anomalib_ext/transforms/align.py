@@ -316,6 +316,10 @@ class AlignmentStep(HostStep):
         """Maps warped back into each input's frame."""
         return BatchAligner.warp_back(maps, states)
 
+    def report(self) -> dict[str, Any]:
+        """``align_fallbacks``: images that fell back to the identity, of all aligned so far."""
+        return {"align_fallbacks": f"{self.aligner.failures}/{self.aligner.total}"}
+
     def save(self, folder: Path) -> dict[str, Any]:
         """The reference as a PNG (RGB) and the ORB settings."""
         if not cv2.imwrite(str(Path(folder) / self.REFERENCE_FILE), np.ascontiguousarray(self.reference_image[..., ::-1])):
