@@ -31,10 +31,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from anomalib.engine import Engine
-    from anomalib.models import Patchcore
 
     from anomalib_ext import register
-    from anomalib_ext.models import AMFS
+    from anomalib_ext.benchmarking import build_model
     from anomalib_ext.data import SyntheticGPD
     from anomalib_ext.deploy import export_openvino, run_inference
 
@@ -47,16 +46,9 @@ def main() -> None:
     size = args.input_size or (512 if args.model == "amfs" else 256)
     if args.small:
         size = args.input_size or 128
-    if args.model == "amfs":
-        model = AMFS(pre_processor=AMFS.configure_pre_processor((size, size)),
-                     **({"fusion_epochs": 10, "coreset_sampling_ratio": 0.1} if args.small else {}))
-    else:
-        model = Patchcore(
-            backbone="tf_efficientnet_lite2",
-            layers=["blocks.2", "blocks.4"],
-            coreset_sampling_ratio=0.01,
-            pre_processor=Patchcore.configure_pre_processor(image_size=(size, size)),
-        )
+    small = {"fusion_epochs": 10, "coreset_sampling_ratio": 0.1} if args.small and args.model == "amfs" else {}
+    config = "configs/models/amfs.yaml" if args.model == "amfs" else "configs/models/patchcore_lite2.yaml"
+    model = build_model({"config": config, "init_args": small}, size=size)
     engine = Engine(default_root_dir=args.out, logger=False, enable_progress_bar=True)
     start = time.perf_counter()
     engine.fit(model=model, datamodule=datamodule)

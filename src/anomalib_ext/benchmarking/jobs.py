@@ -52,15 +52,25 @@ def torch_timings(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> 
     return row
 
 
-def openvino_timings(folders: dict[str, Path], raw_images: list, repeats: int) -> dict[str, Any]:
-    """FP32 and INT8 timed interleaved (their ratio is the INT8 speed-up; a shared VM drifts)."""
-    from anomalib_ext.deploy.timing import compare_openvino
+TIMING_COLUMNS = {"latency_ms_b1": "ms", "e2e_ms": "e2e_ms", "images_per_s_b8": "images_per_s_b8", "openvino_precision": "precision"}
 
+
+def openvino_row(
+    folders: dict[str, Path], test_samples: Any, raw_images: list, *, accuracy: bool, timing: bool, repeats: int,  # noqa: ANN401
+) -> dict[str, Any]:
+    """FP32/INT8 accuracy and interleaved latencies (:func:`~anomalib_ext.deploy.evaluate.compare_exports`) as
+    ``ov_fp32_*`` / ``ov_int8_*`` columns."""
+    from anomalib_ext.deploy.evaluate import compare_exports
+
+    names = {"ov_fp32": "FP32", "ov_int8": "INT8"}
+    report = compare_exports({names[k]: v for k, v in folders.items()}, test_samples, raw_images,
+                             accuracy=accuracy, timing=timing, repeats=repeats)
     row: dict[str, Any] = {}
-    for prefix, timing in compare_openvino(folders, raw_images, repeats).items():
-        row.update({f"{prefix}_ms": timing["latency_ms_b1"], f"{prefix}_e2e_ms": timing["e2e_ms"],
-                    f"{prefix}_images_per_s_b8": timing["images_per_s_b8"], f"{prefix}_precision": timing["openvino_precision"]})
-    row["ov_timing"] = "interleaved"
+    for prefix, name in names.items():
+        for key, value in report.get(name, {}).items():
+            row[f"{prefix}_{TIMING_COLUMNS.get(key, key)}"] = value
+    if timing:
+        row["ov_timing"] = "interleaved"
     return row
 
 
@@ -111,13 +121,9 @@ def run_job(job: dict[str, Any], out: Path) -> dict[str, Any]:
     if "timing" in stages:
         row.update(torch_timings(model, batch, repeats))
     folders = _deploy(job, model, data, work, stages)
-    if "accuracy" in stages:
-        from anomalib_ext.deploy.evaluate import evaluate_openvino
-
-        for prefix, folder in folders.items():
-            row.update({f"{prefix}_{k}": v for k, v in evaluate_openvino(folder, test_samples, progress=False).items()})
-    if "timing" in stages and folders:
-        row.update(openvino_timings(folders, raw, repeats))
+    if folders and stages & {"accuracy", "timing"}:
+        row.update(openvino_row(folders, test_samples, raw, accuracy="accuracy" in stages, timing="timing" in stages,
+                                repeats=repeats))
     row["torch_threads"] = torch.get_num_threads()
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
@@ -149,4 +155,4 @@ def retime(job: dict[str, Any], out: Path) -> dict[str, Any]:
     _, raw = test_images(samples[samples.split == "test"], job["size"])
     work = out / "work" / job["name"]
     folders = {name: work / f"openvino_{name[3:]}" for name in ("ov_fp32", "ov_int8") if (work / f"openvino_{name[3:]}").is_dir()}
-    return openvino_timings(folders, raw, job.get("repeats", 20))
+    return openvino_row(folders, None, raw, accuracy=False, timing=True, repeats=job.get("repeats", 20))

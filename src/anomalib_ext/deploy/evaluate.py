@@ -1,8 +1,10 @@
-"""Accuracy of an exported model (FP32 or INT8) on an MVTec-like test split: image and pixel AUROC."""
+"""Accuracy of an exported model (FP32 or INT8) on an MVTec-like test split, and FP32-vs-INT8 comparisons."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -51,3 +53,32 @@ def evaluate_openvino(model_dir: str | Path, test_set: str | Path | pd.DataFrame
             masks.append(torch.from_numpy(mask).ravel())
         result["pixel_AUROC"] = float(binary_auroc(torch.cat(maps), torch.cat(masks).long()))
     return result
+
+
+def compare_exports(
+    folders: dict[str, str | Path], test_set: str | Path | pd.DataFrame, images: Sequence[np.ndarray], *,
+    accuracy: bool = True, timing: bool = True, repeats: int = 20,
+) -> dict[str, Any]:
+    """Accuracy (:func:`evaluate_openvino`) and latencies (:func:`~anomalib_ext.deploy.timing.compare_openvino`,
+    interleaved) of several exports of one model, e.g. ``{"FP32": ..., "INT8": ...}``.
+
+    Returns ``{name: {image_AUROC, pixel_AUROC, latency_ms_b1, e2e_ms, images_per_s_b8, openvino_precision}}``
+    and, when both ``FP32`` and ``INT8`` are given, the ``image_AUROC_change`` and speed-ups of INT8.
+    """
+    from anomalib_ext.deploy.timing import compare_openvino
+
+    report: dict[str, Any] = {name: {} for name in folders}
+    if timing:
+        for name, values in compare_openvino(folders, images, repeats).items():
+            report[name].update(values)
+    if accuracy:
+        for name, folder in folders.items():
+            report[name].update(evaluate_openvino(folder, test_set, progress=False))
+    if {"FP32", "INT8"} <= set(report):
+        fp32, int8 = report["FP32"], report["INT8"]
+        if accuracy:
+            report["image_AUROC_change"] = int8["image_AUROC"] - fp32["image_AUROC"]
+        if timing:
+            report["speedup_batch1"] = fp32["latency_ms_b1"] / int8["latency_ms_b1"]
+            report["speedup_batch8"] = int8["images_per_s_b8"] / fp32["images_per_s_b8"]
+    return report
