@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo test benchmark bench-coreset clean
+.PHONY: setup demo lint test benchmark bench-coreset clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +17,10 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup  ## the main job: SyntheticGPD -> train -> test -> OpenVINO export -> OpenVINO inference
 	$(BIN)/python tools/demo.py --out results/demo
+
+lint: setup  ## ruff with anomalib's rule set (pyproject.toml): the checks and the formatting
+	$(BIN)/ruff check src tools tests
+	$(BIN)/ruff format --check src tools tests
 
 test: setup  ## the test suite
 	$(BIN)/python -m pytest -q tests

@@ -15,7 +15,6 @@ def _isolated_cache(tmp_path_factory):
     """Converted weights and generated data go to a per-session cache unless one is given."""
     if "ANOMALIB_EXT_CACHE" not in os.environ:
         os.environ["ANOMALIB_EXT_CACHE"] = str(tmp_path_factory.mktemp("anomalib_ext_cache"))
-    yield
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +23,14 @@ def tiny_gpd(tmp_path_factory) -> Path:
     from anomalib_ext.data.synthetic_gpd import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny_gpd") / "data"
-    return generate_dataset(root, num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2)
+    return generate_dataset(
+        root,
+        num_categories=1,
+        image_size=128,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+    )
 
 
 @pytest.fixture(scope="session")

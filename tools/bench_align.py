@@ -55,16 +55,25 @@ def main() -> None:
     parser.add_argument("--designs", type=int, default=1, help="print designs (seeds 0..N-1)")
     parser.add_argument("--detect-scale", type=float, nargs="+", default=[1.0, 0.5])
     parser.add_argument("--pyramid-levels", type=int, nargs="+", default=[8], help="ORB scale-pyramid levels to try")
-    parser.add_argument("--reference", nargs="+", default=["first"], choices=["first", "best"],
-                        help="AMFS's reference choice: the first photograph or the one others align to best")
+    parser.add_argument(
+        "--reference",
+        nargs="+",
+        default=["first"],
+        choices=["first", "best"],
+        help="AMFS's reference choice: the first photograph or the one others align to best",
+    )
     args = parser.parse_args()
 
-    from anomalib_ext.transforms.align import choose_reference
     from anomalib_ext.transforms import ORBAlign
-    from anomalib_ext.transforms.align import ORBSettings
+    from anomalib_ext.transforms.align import ORBSettings, choose_reference
 
     data = [photographs(seed, args.images + 1, args.size) for seed in range(args.designs)]
-    settings = [(scale, levels, mode) for scale in args.detect_scale for levels in args.pyramid_levels for mode in args.reference]
+    settings = [
+        (scale, levels, mode)
+        for scale in args.detect_scale
+        for levels in args.pyramid_levels
+        for mode in args.reference
+    ]
     for scale, levels, mode in settings:
         orb = ORBSettings(detect_scale=scale, pyramid_levels=levels)
         times, errors, covered, failures, picks = [], [], [], 0, []
@@ -79,14 +88,19 @@ def main() -> None:
                 align(shot)
                 times.append((time.perf_counter() - start) * 1000)
                 if align.last_result.ok:
-                    errors.append(corner_error(align.last_result.homography, poses[ref] @ np.linalg.inv(pose), args.size))
+                    errors.append(
+                        corner_error(align.last_result.homography, poses[ref] @ np.linalg.inv(pose), args.size),
+                    )
                     covered.append(coverage(align.last_result.homography, args.size))
             failures += align.failures
-        print(f"ORBAlign {args.size}x{args.size} detect_scale={scale} pyramid_levels={levels} reference={mode} (picked {picks}): "
-              f"median {statistics.median(times):.1f} ms, p90 {np.percentile(times, 90):.1f} ms per image (estimate + warp); "
-              f"corner error median {statistics.median(errors):.2f} px, max {max(errors):.2f} px; "
-              f"{failures} fallbacks of {len(times)}; canvas covered by the input mean {np.mean(covered):.3f}, "
-              f"min {min(covered):.3f}; OpenCV threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}")
+        print(
+            f"ORBAlign {args.size}x{args.size} detect_scale={scale} pyramid_levels={levels} reference={mode} "
+            f"(picked {picks}): median {statistics.median(times):.1f} ms, p90 {np.percentile(times, 90):.1f} ms "
+            "per image (estimate + warp); "
+            f"corner error median {statistics.median(errors):.2f} px, max {max(errors):.2f} px; "
+            f"{failures} fallbacks of {len(times)}; canvas covered by the input mean {np.mean(covered):.3f}, "
+            f"min {min(covered):.3f}; OpenCV threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}",
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import torch
 
 def patchcore_embeddings(folder: Path, limit: int, size: int, backbone: str, batch: int = 16) -> torch.Tensor:
     from anomalib.models.image.patchcore.torch_model import PatchcoreModel
-    from torchvision.transforms.v2.functional import normalize, resize
+    from torchvision.transforms.v2.functional import normalize
 
     from anomalib_ext.backbones import enable_offline_weights
     from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb
@@ -31,7 +31,10 @@ def patchcore_embeddings(folder: Path, limit: int, size: int, backbone: str, bat
     chunks = []
     with torch.no_grad():
         for start in range(0, len(paths), batch):
-            images = torch.stack([torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float() / 255 for p in _same_size(paths[start : start + batch], size)])
+            images = torch.stack([
+                torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float() / 255
+                for p in _same_size(paths[start : start + batch], size)
+            ])
             images = normalize(images, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
             features = model.feature_extractor(images)
             features = {layer: model.feature_pooler(f) for layer, f in features.items()}
@@ -65,7 +68,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="tf_efficientnet_lite2")
     parser.add_argument("--skip-anomalib", action="store_true", help="time only ours (anomalib's takes minutes)")
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
-    parser.add_argument("--features", type=Path, default=None, help="cache of the extracted features (.pt): reused if present")
+    parser.add_argument(
+        "--features",
+        type=Path,
+        default=None,
+        help="cache of the extracted features (.pt): reused if present",
+    )
     args = parser.parse_args()
 
     from anomalib.models.components import KCenterGreedy
@@ -78,7 +86,12 @@ def main() -> None:
         features = patchcore_embeddings(args.images, args.limit, args.size, args.backbone)
         if args.features is not None:
             torch.save(features, args.features)
-    results = {"patches": features.shape[0], "dims": features.shape[1], "ratio": args.ratio, "threads": torch.get_num_threads()}
+    results = {
+        "patches": features.shape[0],
+        "dims": features.shape[1],
+        "ratio": args.ratio,
+        "threads": torch.get_num_threads(),
+    }
     start = time.perf_counter()
     ours = greedy_coreset_indices(features, args.ratio, seed=0, progress=False)
     results["ours_s"] = time.perf_counter() - start

@@ -17,11 +17,16 @@ import time
 
 
 def plugin_import_us() -> int:
-    result = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "pass"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     total = 0
     for line in result.stderr.splitlines():
         parts = [p.strip() for p in line.split("|")]
-        if len(parts) == 3 and parts[2] in ("anomalib_ext", "anomalib_ext._autoload"):
+        if len(parts) == 3 and parts[2] in {"anomalib_ext", "anomalib_ext._autoload"}:
             total = max(total, int(parts[1]))  # cumulative of the top-level package import
     return total
 
@@ -39,7 +44,10 @@ def main() -> None:
     runs = 20
     imports = sorted(plugin_import_us() for _ in range(runs))
     print(f"python -c pass: median wall {wall_ms(runs):.1f} ms over {runs} runs")
-    print(f"anomalib_ext import at start-up (via .pth): median {statistics.median(imports) / 1000:.2f} ms, max {imports[-1] / 1000:.2f} ms")
+    print(
+        f"anomalib_ext import at start-up (via .pth): median {statistics.median(imports) / 1000:.2f} ms, "
+        f"max {imports[-1] / 1000:.2f} ms",
+    )
 
 
 if __name__ == "__main__":

@@ -47,11 +47,18 @@ def machine() -> dict[str, Any]:
 
     cpu = platform.processor()
     if Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
         cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "openvino_threads": "OpenVINO default (all cores)", "torch": torch.__version__, "anomalib": anomalib.__version__,
-            "openvino": openvino.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "openvino_threads": "OpenVINO default (all cores)",
+        "torch": torch.__version__,
+        "anomalib": anomalib.__version__,
+        "openvino": openvino.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def run_child(args: argparse.Namespace) -> None:
@@ -78,8 +85,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("results/benchmark"))
     parser.add_argument("--only", nargs="+", help="run only jobs whose name contains one of these strings")
     parser.add_argument("--rerun", action="store_true", help="run jobs again even when their result file exists")
-    parser.add_argument("--retime", action="store_true",
-                        help="measure the OpenVINO latencies of finished jobs again from their saved IRs (interleaved FP32/INT8)")
+    parser.add_argument(
+        "--retime",
+        action="store_true",
+        help="measure the OpenVINO latencies of finished jobs again from their saved IRs (interleaved FP32/INT8)",
+    )
     parser.add_argument("--job", type=Path, help=argparse.SUPPRESS)  # internal: run one job file in this process
     args = parser.parse_args()
     if args.job:
@@ -87,10 +97,11 @@ def main() -> None:
         return
     from anomalib_ext.benchmarking.grid import expand, summarise
 
-    config = yaml.safe_load(args.config.read_text())
+    config = yaml.safe_load(args.config.read_text(encoding="utf-8"))
     (args.out / "jobs").mkdir(parents=True, exist_ok=True)
     (args.out / "machine.json").write_text(json.dumps(machine(), indent=1))
-    jobs = [j for j in expand(config) if not args.only or any(s in j["name"] for s in args.only)]
+    every_job = expand(config)
+    jobs = [j for j in every_job if not args.only or any(s in j["name"] for s in args.only)]
     failed = []
     for index, job in enumerate(jobs, 1):
         result = args.out / "jobs" / f"{job['name']}.json"
@@ -104,14 +115,26 @@ def main() -> None:
         spec.write_text(json.dumps(job))
         print(f"[{index}/{len(jobs)}] {job['name']} ...", flush=True)
         start = time.perf_counter()
-        command = [sys.executable, __file__, "--job", str(spec), "--out", str(args.out), *(["--retime"] if args.retime else [])]
-        code = subprocess.call(command, cwd=REPO)  # noqa: S603 - our own script, no shell
+        command = [
+            sys.executable,
+            __file__,
+            "--job",
+            str(spec),
+            "--out",
+            str(args.out),
+            *(["--retime"] if args.retime else []),
+        ]
+        code = subprocess.call(command, cwd=REPO)
         done = "retimed" if args.retime else "ok"
-        print(f"[{index}/{len(jobs)}] {job['name']}: {done if code == 0 else f'FAILED (exit {code})'} in "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
+        print(
+            f"[{index}/{len(jobs)}] {job['name']}: {done if code == 0 else f'FAILED (exit {code})'} in "
+            f"{time.perf_counter() - start:.0f} s",
+            flush=True,
+        )
         if code:
             failed.append(job["name"])
-    rows = [json.loads(path.read_text()) for j in jobs if (path := args.out / "jobs" / f"{j['name']}.json").is_file()]
+    # The tables cover every finished job of the grid, not only those this call ran (--only).
+    rows = [json.loads(path.read_text()) for j in every_job if (path := args.out / "jobs" / f"{j['name']}.json").is_file()]
     if rows:
         summarise(rows, args.out)
         print((args.out / "results.md").read_text())

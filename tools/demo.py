@@ -1,4 +1,4 @@
-"""The main job, end to end on the built-in SyntheticGPD data (no network needed):
+"""The main job, end to end on the built-in SyntheticGPD data (no network needed).
 
 train (anomalib Engine) -> test metrics -> OpenVINO export (anomalib_ext.deploy) -> batched OpenVINO
 inference with overlays.
@@ -38,10 +38,18 @@ def main() -> None:
     from anomalib_ext.deploy import export_openvino, run_inference
 
     register()  # offline ImageNet weights for timm, our datamodules by name
-    sizes = {"train_count": 8, "test_good_count": 4, "defects_per_type": 2, "num_categories": 1, "generated_size": 256} if args.small else {}
+    sizes = (
+        {"train_count": 8, "test_good_count": 4, "defects_per_type": 2, "num_categories": 1, "generated_size": 256}
+        if args.small
+        else {}
+    )
     datamodule = SyntheticGPD(
-        root=args.data_root, category=args.category, train_batch_size=8, eval_batch_size=8,
-        num_workers=args.num_workers, **sizes,
+        root=args.data_root,
+        category=args.category,
+        train_batch_size=8,
+        eval_batch_size=8,
+        num_workers=args.num_workers,
+        **sizes,
     )
     size = args.input_size or (512 if args.model == "amfs" else 256)
     if args.small:
@@ -65,7 +73,11 @@ def main() -> None:
         (infer_in / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
     results = run_inference(xml_dir, infer_in, args.out / "openvino_predictions")
     summary = {
-        "model": args.model, "input_size": size, "data": str(datamodule.root), "category": args.category, "fit_seconds": round(fit_s, 1),
+        "model": args.model,
+        "input_size": size,
+        "data": str(datamodule.root),
+        "category": args.category,
+        "fit_seconds": round(fit_s, 1),
         "test_metrics": {k: round(float(v), 4) for k, v in metrics.items()},
         "openvino_model": str(xml_dir / "model.xml"),
         "openvino_predictions": {Path(r.path).name: round(r.prediction.score, 4) for r in results if r.prediction},

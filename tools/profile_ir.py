@@ -37,7 +37,10 @@ def main() -> None:
     nodes = request.get_profiling_info()  # of the last run
     print(f"median {statistics.median(times):.1f} ms over {args.repeats} runs (profiling on); last run's nodes:")
     for node in sorted(nodes, key=lambda n: -n.real_time.total_seconds())[: args.top]:
-        print(f"{node.real_time.total_seconds() * 1000:8.2f} ms  {node.node_type:18s} {node.exec_type:24s} {node.node_name[:80]}")
+        print(
+            f"{node.real_time.total_seconds() * 1000:8.2f} ms  {node.node_type:18s} {node.exec_type:24s} "
+            f"{node.node_name[:80]}",
+        )
     per_type = defaultdict(float)
     for node in nodes:
         per_type[node.node_type] += node.real_time.total_seconds() * 1000

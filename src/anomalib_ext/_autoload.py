@@ -11,7 +11,7 @@ import sys
 
 def _running_anomalib_cli() -> bool:
     argv = getattr(sys, "argv", None) or [""]
-    return os.path.basename(argv[0]) == "anomalib"
+    return os.path.basename(argv[0]) == "anomalib"  # ruff: ignore[os-path-basename] - pathlib would add to every start-up
 
 
 if _running_anomalib_cli():

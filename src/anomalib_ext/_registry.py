@@ -40,7 +40,7 @@ def register() -> None:
     use ``tf_efficientnet_lite0/2`` with no network, makes unavailable weights fail in a moment
     instead of retrying downloads, and declines OpenVINO/NNCF telemetry (:mod:`anomalib_ext.offline`).
     """
-    global _registered  # noqa: PLW0603 - one registration per process
+    global _registered  # ruff: ignore[global-statement] - one registration per process
     if _registered:
         return
     from anomalib_ext.offline import disable_telemetry

@@ -12,14 +12,17 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from anomalib_ext.errors import AnomalibExtError
 from anomalib_ext.paths import cache_dir
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ def enable_offline_weights(names: Sequence[str] | None = None) -> list[str]:
         path = offline_weights_path(name)
         if path is None:
             continue
-        for key, cfg in _registry._model_pretrained_cfgs.items():  # noqa: SLF001 - timm has no public setter
+        for key, cfg in _registry._model_pretrained_cfgs.items():  # ruff: ignore[private-member-access] - timm has no public setter
             if key == name or key.startswith(f"{name}."):
                 cfg.file = str(path)
         enabled.append(name)
@@ -130,7 +133,7 @@ def _hub_reachable(host: str = "huggingface.co") -> bool:
 
 
 def _weights_local(cfg: dict) -> bool:
-    """timm's pretrained config points at weights on this machine (file, state dict, or a cached download)."""
+    """Timm's pretrained config points at weights on this machine (file, state dict, or a cached download)."""
     from huggingface_hub import try_to_load_from_cache
     from timm.models._builder import _resolve_pretrained_source
     from timm.models._hub import check_cached_file
@@ -139,7 +142,11 @@ def _weights_local(cfg: dict) -> bool:
     if load_from in {"state_dict", "file", "local-dir"}:
         return True
     if load_from == "hf-hub":
-        hub_id, filenames = (location, ("model.safetensors", "pytorch_model.bin")) if isinstance(location, str) else (location[0], (location[1],))
+        hub_id, filenames = (
+            (location, ("model.safetensors", "pytorch_model.bin"))
+            if isinstance(location, str)
+            else (location[0], (location[1],))
+        )
         return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in filenames)
     if load_from == "url":
         return bool(check_cached_file(location))
@@ -160,9 +167,12 @@ def _ensure_weights_reachable(name: str) -> None:
 
 
 def guard_timm_downloads() -> None:
-    """Make every ``timm.create_model(..., pretrained=True)`` (anomalib's models too) fail in a moment, with
-    :class:`BackboneWeightsError`, when the weights are not on this machine and the hub is out of reach
-    (or ``HF_HUB_OFFLINE`` is set), instead of a minute of download retries. Idempotent."""
+    """Make timm's pretrained loading (anomalib's models too) fail at once when the weights cannot be had.
+
+    Every ``timm.create_model(..., pretrained=True)`` raises :class:`BackboneWeightsError` when the weights
+    are not on this machine and the hub is out of reach (or ``HF_HUB_OFFLINE`` is set), instead of a
+    minute of download retries. Idempotent.
+    """
     import functools
 
     from timm.models import _builder
@@ -172,7 +182,7 @@ def guard_timm_downloads() -> None:
     original = _builder.load_pretrained
 
     @functools.wraps(original)
-    def load_pretrained(model, pretrained_cfg=None, *args, **kwargs):
+    def load_pretrained(model: nn.Module, pretrained_cfg: dict | None = None, *args, **kwargs) -> object:
         cfg = pretrained_cfg or getattr(model, "pretrained_cfg", None) or {}
         if cfg and not _weights_local(cfg) and not _hub_reachable():
             name = cfg.get("architecture") or type(model).__name__
@@ -245,7 +255,7 @@ def create_feature_extractor(
     backbone_weights: str | Path | None = None,
     requires_grad: bool = False,
 ) -> nn.Module:
-    """anomalib's ``TimmFeatureExtractor`` over a backbone resolved by :func:`create_backbone`."""
+    """Anomalib's ``TimmFeatureExtractor`` over a backbone resolved by :func:`create_backbone`."""
     from anomalib.models.components import TimmFeatureExtractor
 
     if backbone_weights is None:

@@ -18,9 +18,12 @@ dynamic batch for every model, and the metadata our inferencer needs).
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from anomalib_ext.errors import EXIT_OK, EXIT_USAGE, find_user_error
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 
 def _make_gpd(argv: Sequence[str]) -> int:
@@ -40,8 +43,14 @@ def _deploy(name: str) -> Callable[[Sequence[str]], int]:
 
 SUBCOMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "make-gpd": (_make_gpd, "generate the printed-garment (SyntheticGPD) dataset into a folder"),
-    "export": (_deploy("export"), "checkpoint -> OpenVINO IR (FP32, dynamic batch) + metadata.json (replaces anomalib's export)"),
-    "quantize": (_deploy("quantize"), "FP32 export -> INT8 with NNCF, calibrated on normal images; optional accuracy/speed report"),
+    "export": (
+        _deploy("export"),
+        "checkpoint -> OpenVINO IR (FP32, dynamic batch) + metadata.json (replaces anomalib's export)",
+    ),
+    "quantize": (
+        _deploy("quantize"),
+        "FP32 export -> INT8 with NNCF, calibrated on normal images; optional accuracy/speed report",
+    ),
     "infer": (_deploy("infer"), "run an export on a file/folder/glob in batches; maps, masks, overlays, scores.csv"),
 }
 
@@ -53,7 +62,7 @@ def _print_extra_help() -> None:
 
 
 def seeded_cli_class() -> type:
-    """anomalib's ``AnomalibCLI`` that applies ``--seed_everything`` before building model and data."""
+    """Anomalib's ``AnomalibCLI`` that applies ``--seed_everything`` before building model and data."""
     from anomalib.cli.cli import AnomalibCLI
 
     class SeededAnomalibCLI(AnomalibCLI):

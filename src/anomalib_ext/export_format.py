@@ -40,7 +40,11 @@ def _versions() -> dict[str, str]:
 
     import anomalib_ext
 
-    return {"anomalib_ext": anomalib_ext.__version__, "anomalib": anomalib.__version__, "openvino": openvino.__version__}
+    return {
+        "anomalib_ext": anomalib_ext.__version__,
+        "anomalib": anomalib.__version__,
+        "openvino": openvino.__version__,
+    }
 
 
 def pre_processor_steps(model: torch.nn.Module) -> list:
@@ -74,14 +78,21 @@ def _normalization(model: torch.nn.Module) -> dict[str, Any] | None:
 
 
 def build_metadata(
-    model: torch.nn.Module, input_size: tuple[int, int], host_steps: dict[str, Any], precision: str = "FP32",
+    model: torch.nn.Module,
+    input_size: tuple[int, int],
+    host_steps: dict[str, Any],
+    precision: str = "FP32",
 ) -> dict[str, Any]:
     """Everything ``metadata.json`` says about an FP32 export of ``model`` (``files`` is added on writing)."""
     post = getattr(model, "post_processor", None)
     thresholds = {}
     if post is not None and hasattr(post, "image_threshold"):
         # Raw thresholds for reference; the IR's outputs are normalised so that 0.5 is the threshold.
-        thresholds = {"image_raw": float(post.image_threshold), "pixel_raw": float(post.pixel_threshold), "normalized": 0.5}
+        thresholds = {
+            "image_raw": float(post.image_threshold),
+            "pixel_raw": float(post.pixel_threshold),
+            "normalized": 0.5,
+        }
     return {
         "format_version": FORMAT_VERSION,
         "model": type(model).__name__,
@@ -97,8 +108,10 @@ def build_metadata(
 
 
 def write_metadata(folder: Path, metadata: dict[str, Any]) -> Path:
-    """Write ``metadata.json``, listing every file of the export folder (so a later export into the
-    same folder knows which files are ours to replace, and touches no others)."""
+    """Write ``metadata.json``, listing every file of the export folder.
+
+    A later export into the same folder then knows which files are ours to replace, and touches no others.
+    """
     folder = Path(folder)
     files = sorted({p.name for p in folder.iterdir() if p.is_file()} | {METADATA_FILE})
     path = folder / METADATA_FILE
@@ -111,14 +124,21 @@ def _check_fields(path: Path, metadata: dict[str, Any]) -> None:
     fix = "Export the model again with `anomalib-ext export` (the file was edited or written by another tool)."
     size = metadata.get("input", {}).get("size") if isinstance(metadata.get("input"), dict) else None
     if not (isinstance(size, list) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise ModelFilesError(f"{path} has no valid input.size (two positive integers, H and W). {fix}")
+        msg = f"{path} has no valid input.size (two positive integers, H and W). {fix}"
+        raise ModelFilesError(msg)
     if metadata.get("precision") not in {"FP32", "INT8"}:
-        raise ModelFilesError(f"{path} has no valid precision (FP32 or INT8). {fix}")
+        msg = f"{path} has no valid precision (FP32 or INT8). {fix}"
+        raise ModelFilesError(msg)
     if not isinstance(metadata.get("host_steps", {}), dict):
-        raise ModelFilesError(f"{path}: host_steps must be an object. {fix}")
+        msg = f"{path}: host_steps must be an object. {fix}"
+        raise ModelFilesError(msg)
 
 
-def write_export_metadata(model: torch.nn.Module, folder: str | Path, input_size: tuple[int, int] | None = None) -> Path:
+def write_export_metadata(
+    model: torch.nn.Module,
+    folder: str | Path,
+    input_size: tuple[int, int] | None = None,
+) -> Path:
     """Save the model's host steps into ``folder`` and write its ``metadata.json`` (FP32).
 
     ``input_size`` defaults to the model's pre-processor size. Used by our export and by the anomalib
@@ -136,21 +156,27 @@ def read_metadata(folder: Path) -> dict[str, Any]:
     """Read and check ``metadata.json``: clear errors for a missing file or an incompatible export."""
     path = Path(folder) / METADATA_FILE
     if not path.is_file():
-        msg = (f"{path} is missing: this folder was not written by `anomalib-ext export`. "
-               "Export the checkpoint with `anomalib-ext export --model NAME --ckpt_path CKPT --output DIR`.")
+        msg = (
+            f"{path} is missing: this folder was not written by `anomalib-ext export`. "
+            "Export the checkpoint with `anomalib-ext export --model NAME --ckpt_path CKPT --output DIR`."
+        )
         raise ModelFilesError(msg)
     try:
         metadata = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        raise ModelFilesError(f"{path} is not valid JSON ({error}); export the model again.") from error
+        msg_0 = f"{path} is not valid JSON ({error}); export the model again."
+        raise ModelFilesError(msg_0) from error
     if not isinstance(metadata, dict):
-        raise ModelFilesError(f"{path} does not hold a JSON object; export the model again.")
+        msg_0 = f"{path} does not hold a JSON object; export the model again."
+        raise ModelFilesError(msg_0)
     found = metadata.get("format_version")
     if found != FORMAT_VERSION:
         written_by = metadata.get("versions", {}).get("anomalib_ext", "an unknown version")
-        msg = (f"{path}: export format {found} (written by anomalib-ext {written_by}) but this anomalib-ext "
-               f"({_versions()['anomalib_ext']}) reads format {FORMAT_VERSION}. Re-export the checkpoint with this "
-               "version, or install the version that wrote it.")
+        msg = (
+            f"{path}: export format {found} (written by anomalib-ext {written_by}) but this anomalib-ext "
+            f"({_versions()['anomalib_ext']}) reads format {FORMAT_VERSION}. Re-export the checkpoint with this "
+            "version, or install the version that wrote it."
+        )
         raise ModelVersionError(msg)
     _check_fields(path, metadata)
     return metadata

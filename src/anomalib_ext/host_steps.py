@@ -18,12 +18,13 @@ in the ``anomalib_ext.host_steps`` entry-point group, so an inferencer in a fres
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
     import torch
     from anomalib.data import InferenceBatch
 
@@ -53,7 +54,7 @@ class HostStep(ABC):
     def load(cls, folder: Path, config: dict[str, Any]) -> HostStep:
         """The step again, from an export folder and the settings :meth:`save` returned."""
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> dict[str, Any]:  # ruff: ignore[no-self-use] - steps override it
         """Counters worth a benchmark column (e.g. alignment fallbacks); none by default."""
         return {}
 
@@ -91,9 +92,11 @@ class HostPipeline:
         self.steps = list(steps)
 
     def __bool__(self) -> bool:
+        """Whether there is any step."""
         return bool(self.steps)
 
-    def __iter__(self):  # noqa: ANN204 - an iterator of HostStep
+    def __iter__(self) -> Iterator[HostStep]:
+        """The steps in order."""
         return iter(self.steps)
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, list[tuple[Any, ...]]]:
@@ -117,7 +120,9 @@ class HostPipeline:
 
 def load_host_steps(folder: str | Path, config: dict[str, Any] | None) -> HostPipeline:
     """The pipeline an export folder recorded (``metadata["host_steps"]``), rebuilt by step name."""
-    return HostPipeline([host_step_class(name).load(Path(folder), settings) for name, settings in (config or {}).items()])
+    return HostPipeline([
+        host_step_class(name).load(Path(folder), settings) for name, settings in (config or {}).items()
+    ])
 
 
 def host_steps_of(model: object) -> HostPipeline:
@@ -144,5 +149,8 @@ def predict_end_to_end(model: torch.nn.Module, images: torch.Tensor) -> Inferenc
         return output
     anomaly_map = steps.restore(output.anomaly_map.reshape(len(images), 1, *images.shape[-2:]), states)
     return output.__class__(
-        pred_score=output.pred_score, pred_label=output.pred_label, anomaly_map=anomaly_map, pred_mask=anomaly_map > 0.5,
+        pred_score=output.pred_score,
+        pred_label=output.pred_label,
+        anomaly_map=anomaly_map,
+        pred_mask=anomaly_map > 0.5,
     )

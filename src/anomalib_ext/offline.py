@@ -2,10 +2,11 @@
 
 OpenVINO and NNCF report usage to an analytics service through ``openvino_telemetry`` unless a
 consent file in the user's home says no (issue 10 counted 1 request per train or infer, 6 per
-quantize, 64 per export; they are sent from forked child processes). Factories run with no internet, and a tool should not phone home without being
-asked, so every ``anomalib-ext`` and ``anomalib`` process with the plugin registered declines it:
-no consent or client-id file is written and nothing is sent. Opt in with ``ANOMALIB_EXT_TELEMETRY=1``
-(OpenVINO's own consent file then decides, as without the plugin).
+quantize, 64 per export; they are sent from forked child processes). Factories run with no internet,
+and a tool should not phone home without being asked, so every ``anomalib-ext`` and ``anomalib``
+process with the plugin registered declines it: no consent or client-id file is written and nothing
+is sent. Opt in with ``ANOMALIB_EXT_TELEMETRY=1`` (OpenVINO's own consent file then decides, as
+without the plugin).
 """
 
 from __future__ import annotations
@@ -26,13 +27,13 @@ def hub_offline() -> bool:
     return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _declined(*args, **kwargs):
+def _declined(*_args, **_kwargs) -> object:
     from openvino_telemetry.utils.opt_in_checker import ConsentCheckResult
 
     return ConsentCheckResult.DECLINED
 
 
-def _dropped(*args, **kwargs) -> None:
+def _dropped(*_args, **_kwargs) -> None:
     return None
 
 

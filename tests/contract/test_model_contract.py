@@ -35,8 +35,17 @@ def _tiny_config(name: str) -> Path:
 def _datamodule(root):
     from anomalib_ext.data import SyntheticGPD
 
-    return SyntheticGPD(root=root, num_categories=1, generated_size=SIZE, train_count=6, test_good_count=3, defects_per_type=2,
-                        train_batch_size=4, eval_batch_size=4, num_workers=0)
+    return SyntheticGPD(
+        root=root,
+        num_categories=1,
+        generated_size=SIZE,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+    )
 
 
 def _train(name, tiny_gpd, root):
@@ -100,7 +109,12 @@ def test_export_has_a_dynamic_batch_and_metadata(trained):
     together = inferencer.infer(batch)
     for i in range(3):
         alone = inferencer.infer(batch[i : i + 1])
-        np.testing.assert_allclose(alone["pred_score"].ravel(), together["pred_score"].ravel()[i : i + 1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            alone["pred_score"].ravel(),
+            together["pred_score"].ravel()[i : i + 1],
+            rtol=1e-4,
+            atol=1e-5,
+        )
         np.testing.assert_allclose(alone["anomaly_map"][0], together["anomaly_map"][i], rtol=1e-4, atol=1e-4)
 
 

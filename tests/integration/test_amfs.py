@@ -8,15 +8,31 @@ import torch
 def _datamodule(root, **kwargs):
     from anomalib_ext.data import SyntheticGPD
 
-    return SyntheticGPD(root=root, num_categories=1, generated_size=128, train_count=6, test_good_count=3, defects_per_type=2,
-                        train_batch_size=4, eval_batch_size=4, num_workers=0, **kwargs)
+    return SyntheticGPD(
+        root=root,
+        num_categories=1,
+        generated_size=128,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+        **kwargs,
+    )
 
 
 def _amfs(**kwargs):
     from anomalib_ext.models import AMFS
 
-    defaults = {"backbone": "tf_efficientnet_lite0", "layers": ("blocks.2", "blocks.4"), "coreset_sampling_ratio": 0.1,
-                "fusion_epochs": 5, "fusion_samples_per_image": 2, "pre_processor": AMFS.configure_pre_processor((128, 128))}
+    defaults = {
+        "backbone": "tf_efficientnet_lite0",
+        "layers": ("blocks.2", "blocks.4"),
+        "coreset_sampling_ratio": 0.1,
+        "fusion_epochs": 5,
+        "fusion_samples_per_image": 2,
+        "pre_processor": AMFS.configure_pre_processor((128, 128)),
+    }
     return AMFS(**{**defaults, **kwargs})
 
 
@@ -98,7 +114,10 @@ def test_anomalib_export_route_also_runs_in_our_inferencer(trained, tiny_gpd, tm
     expected = model.predict_end_to_end(images)
     predictions = Inferencer(xml.parent).predict_arrays([i.permute(1, 2, 0).numpy() for i in images])
     for i, prediction in enumerate(predictions):
-        assert abs(prediction.score - float(expected.pred_score[i])) <= 1e-3 * max(1.0, abs(float(expected.pred_score[i])))
+        assert abs(prediction.score - float(expected.pred_score[i])) <= 1e-3 * max(
+            1.0,
+            abs(float(expected.pred_score[i])),
+        )
         assert np.corrcoef(prediction.anomaly_map.ravel(), expected.anomaly_map[i].numpy().ravel())[0, 1] > 0.99
     results = run_inference(xml.parent, tiny_gpd / "p001" / "test" / "hole", tmp_path / "out")
     assert [r.error for r in results] == [None, None]

@@ -14,9 +14,21 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_demo_runs_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "demo.py"), "--out", str(out), "--small", "--num-workers", "0",
-         "--data-root", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=900, check=False,
+        [
+            sys.executable,
+            str(ROOT / "tools" / "demo.py"),
+            "--out",
+            str(out),
+            "--small",
+            "--num-workers",
+            "0",
+            "--data-root",
+            str(tmp_path / "data"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())

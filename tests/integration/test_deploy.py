@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 SIZE = 128
 
@@ -21,8 +20,17 @@ def _model(name):
 def _datamodule(root):
     from anomalib_ext.data import SyntheticGPD
 
-    return SyntheticGPD(root=root, num_categories=1, generated_size=SIZE, train_count=6, test_good_count=3, defects_per_type=2,
-                        train_batch_size=4, eval_batch_size=4, num_workers=0)
+    return SyntheticGPD(
+        root=root,
+        num_categories=1,
+        generated_size=SIZE,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+        train_batch_size=4,
+        eval_batch_size=4,
+        num_workers=0,
+    )
 
 
 @pytest.fixture(scope="module", params=["Patchcore", "Padim"])
@@ -90,7 +98,8 @@ def test_failed_export_leaves_nothing_behind(exported, tmp_path, monkeypatch):
     _, model, _, _ = exported
 
     def disk_full(*args, **kwargs):
-        raise OSError("No space left on device")
+        msg = "No space left on device"
+        raise OSError(msg)
 
     monkeypatch.setattr(export, "write_export_metadata", disk_full)
     with pytest.raises(OSError, match="No space"):
@@ -105,15 +114,39 @@ def test_cli_export_quantize_infer(exported, tiny_gpd, tmp_path):
     name, _, _, engine = exported
     ckpt = engine.trainer.checkpoint_callback.best_model_path
     assert main(["export", "--model", name, "--ckpt_path", ckpt, "--output", str(tmp_path / "fp32")]) == 0
-    assert main(["quantize", "--model-dir", str(tmp_path / "fp32"), "--calibration", str(tiny_gpd / "p001/train/good"),
-                 "--output", str(tmp_path / "int8"), "--eval-data", str(tiny_gpd / "p001")]) == 0
+    assert (
+        main([
+            "quantize",
+            "--model-dir",
+            str(tmp_path / "fp32"),
+            "--calibration",
+            str(tiny_gpd / "p001/train/good"),
+            "--output",
+            str(tmp_path / "int8"),
+            "--eval-data",
+            str(tiny_gpd / "p001"),
+        ])
+        == 0
+    )
     report = json.loads((tmp_path / "int8" / "quantization_report.json").read_text())
     assert report["FP32"]["latency_ms_b1"] > 0 and report["INT8"]["latency_ms_b1"] > 0
     assert report["image_AUROC_change"] == report["INT8"]["image_AUROC"] - report["FP32"]["image_AUROC"]
     assert report["calibration_images"] == 6
     assert 0.5 < report["FP32"]["pixel_AUROC"] <= 1.0
-    assert main(["infer", "--model-dir", str(tmp_path / "int8"), "--input", str(tiny_gpd / "p001/test/hole"),
-                 str(tiny_gpd / "p001/test/good/*.jpg"), "--output", str(tmp_path / "out"), "--timing"]) == 0
+    assert (
+        main([
+            "infer",
+            "--model-dir",
+            str(tmp_path / "int8"),
+            "--input",
+            str(tiny_gpd / "p001/test/hole"),
+            str(tiny_gpd / "p001/test/good/*.jpg"),
+            "--output",
+            str(tmp_path / "out"),
+            "--timing",
+        ])
+        == 0
+    )
     rows = (tmp_path / "out" / "scores.csv").read_text().splitlines()
     assert rows[0] == "path,status,score,label,time_ms,error" and len(rows) == 1 + 2 + 3
     assert all(",ok," in row for row in rows[1:])

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 def _script(name: str) -> str | None:
     """The console script beside this interpreter (the venv under test), else on PATH."""
     candidate = Path(sys.executable).parent / name
@@ -69,14 +70,20 @@ def test_get_datamodule_and_models_after_register(tiny_gpd):
     register()
     datamodule = anomalib.data.get_datamodule({"class_path": "SyntheticGPD", "init_args": {"root": str(tiny_gpd)}})
     assert isinstance(datamodule, SyntheticGPD)
-    full = anomalib.data.get_datamodule({"class_path": "anomalib_ext.data.SyntheticGPD", "init_args": {"root": str(tiny_gpd)}})
+    full = anomalib.data.get_datamodule({
+        "class_path": "anomalib_ext.data.SyntheticGPD",
+        "init_args": {"root": str(tiny_gpd)},
+    })
     assert isinstance(full, SyntheticGPD)
     assert set(registered_names()["data"]) == {"GPD", "SyntheticGPD", "MVTecLikeFolder"}
     assert registered_names()["models"] == ["AMFS"]
     from anomalib_ext.models import AMFS
 
     assert isinstance(anomalib.models.get_model("AMFS", pre_trained=False), AMFS)
-    assert isinstance(anomalib.models.get_model({"class_path": "anomalib_ext.models.AMFS", "init_args": {"pre_trained": False}}), AMFS)
+    assert isinstance(
+        anomalib.models.get_model({"class_path": "anomalib_ext.models.AMFS", "init_args": {"pre_trained": False}}),
+        AMFS,
+    )
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import shutil
 import stat
 import subprocess
@@ -21,12 +20,19 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
-PATCHCORE = ["--model", "Patchcore", "--model.backbone", "tf_efficientnet_lite0", "--model.layers", "[blocks.2, blocks.4]",
-             "--model.coreset_sampling_ratio", "0.1"]
+PATCHCORE = [
+    "--model",
+    "Patchcore",
+    "--model.backbone",
+    "tf_efficientnet_lite0",
+    "--model.layers",
+    "[blocks.2, blocks.4]",
+    "--model.coreset_sampling_ratio",
+    "0.1",
+]
 AMFS_TINY = """
 model:
   class_path: anomalib_ext.models.AMFS
@@ -45,15 +51,28 @@ model:
 
 
 def _data(root: Path) -> list[str]:
-    return ["--data", "MVTecLikeFolder", "--data.root", str(root), "--data.category", "p001",
-            "--data.num_workers", "0", "--data.train_batch_size", "2"]
+    return [
+        "--data",
+        "MVTecLikeFolder",
+        "--data.root",
+        str(root),
+        "--data.category",
+        "p001",
+        "--data.num_workers",
+        "0",
+        "--data.train_batch_size",
+        "2",
+    ]
 
 
 def _train(model_args: list[str], data_root: Path, seed: int, out: Path) -> Path:
     """``anomalib-ext train`` in this process; returns the checkpoint it wrote."""
     from anomalib_ext.cli import main
 
-    assert main(["train", *model_args, *_data(data_root), "--seed_everything", str(seed), "--default_root_dir", str(out)]) == 0
+    assert (
+        main(["train", *model_args, *_data(data_root), "--seed_everything", str(seed), "--default_root_dir", str(out)])
+        == 0
+    )
     (checkpoint,) = out.rglob("*.ckpt")
     return checkpoint
 
@@ -136,7 +155,12 @@ def _umask() -> int:
     return mask
 
 
-def test_export_refuses_the_working_folder_its_parents_and_the_checkpoint_folder(patchcore_runs, tmp_path, monkeypatch, capsys):
+def test_export_refuses_the_working_folder_its_parents_and_the_checkpoint_folder(
+    patchcore_runs,
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
     from anomalib_ext.cli import main
 
     work = tmp_path / "work"
@@ -145,13 +169,28 @@ def test_export_refuses_the_working_folder_its_parents_and_the_checkpoint_folder
     shutil.copy(patchcore_runs[0], checkpoint)
     monkeypatch.chdir(work)
     for output in (".", "..", str(work)):
-        assert main(["export", "--model", "Patchcore", "--ckpt_path", "model.ckpt", "--output", output, "--overwrite"]) == 2
+        assert (
+            main(["export", "--model", "Patchcore", "--ckpt_path", "model.ckpt", "--output", output, "--overwrite"])
+            == 2
+        )
         assert "--output" in capsys.readouterr().err
     assert [p.name for p in work.iterdir()] == ["model.ckpt"]
     nested = tmp_path / "ckpts" / "run"
     nested.mkdir(parents=True)
     shutil.copy(patchcore_runs[0], nested / "model.ckpt")
-    assert main(["export", "--model", "Patchcore", "--ckpt_path", str(nested / "model.ckpt"), "--output", str(tmp_path / "ckpts"), "--overwrite"]) == 2
+    assert (
+        main([
+            "export",
+            "--model",
+            "Patchcore",
+            "--ckpt_path",
+            str(nested / "model.ckpt"),
+            "--output",
+            str(tmp_path / "ckpts"),
+            "--overwrite",
+        ])
+        == 2
+    )
     assert "holds the input" in capsys.readouterr().err
     assert (nested / "model.ckpt").stat().st_size == patchcore_runs[0].stat().st_size
 
@@ -179,27 +218,65 @@ def test_quantize_refuses_to_write_over_its_input(fp32_export, tiny_gpd, capsys)
 
     before = _digest(fp32_export)
     for output in (fp32_export, fp32_export.parent):
-        assert main(["quantize", "--model-dir", str(fp32_export), "--calibration", str(tiny_gpd / "p001/train/good"),
-                     "--output", str(output)]) == 2
+        assert (
+            main([
+                "quantize",
+                "--model-dir",
+                str(fp32_export),
+                "--calibration",
+                str(tiny_gpd / "p001/train/good"),
+                "--output",
+                str(output),
+            ])
+            == 2
+        )
         assert "holds the input" in capsys.readouterr().err
     assert _digest(fp32_export) == before
 
 
 # ---- 7. calibration size -----------------------------------------------------------------------
-def test_quantize_warns_about_too_few_calibration_images_and_reports_the_count(fp32_export, tiny_gpd, tmp_path, capsys, caplog):
+def test_quantize_warns_about_too_few_calibration_images_and_reports_the_count(
+    fp32_export,
+    tiny_gpd,
+    tmp_path,
+    capsys,
+    caplog,
+):
     from anomalib_ext.cli import main
     from anomalib_ext.export_format import read_metadata
 
     one = tmp_path / "one"
     one.mkdir()
     shutil.copy(next((tiny_gpd / "p001/train/good").glob("*.jpg")), one)
-    assert main(["quantize", "--model-dir", str(fp32_export), "--calibration", str(one), "--output", str(tmp_path / "int8")]) == 0
+    assert (
+        main([
+            "quantize",
+            "--model-dir",
+            str(fp32_export),
+            "--calibration",
+            str(one),
+            "--output",
+            str(tmp_path / "int8"),
+        ])
+        == 0
+    )
     assert "with 1 calibration image(s) (fewer than the 32 recommended)" in capsys.readouterr().out
     assert any("calibration on 1 image" in r.getMessage() for r in caplog.records)
     assert read_metadata(tmp_path / "int8")["quantization"]["calibration_images"] == 1
     assert stat.S_IMODE((tmp_path / "int8").stat().st_mode) == 0o777 & ~_umask()
     # Quantising the INT8 copy again: one line, exit 2 (was a ValueError traceback).
-    assert main(["quantize", "--model-dir", str(tmp_path / "int8"), "--calibration", str(one), "--output", str(tmp_path / "x")]) == 2
+    assert (
+        main([
+            "quantize",
+            "--model-dir",
+            str(tmp_path / "int8"),
+            "--calibration",
+            str(one),
+            "--output",
+            str(tmp_path / "x"),
+        ])
+        == 2
+    )
     assert "is already INT8" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
@@ -261,7 +338,7 @@ def test_infer_lists_every_input_with_its_status_and_exits_1_on_failures(fp32_ex
     failed = [r for r in rows[1:] if ",error," in r]
     assert len(failed) == 1 and "corrupt.png" in failed[0] and "Cannot read image" in failed[0]
     assert _infer("--model-dir", str(fp32_export), "--input", str(inputs), "--output", str(out), "--allow-errors") == 0
-    assert not [p for p in out.rglob(".*.tmp")]
+    assert not list(out.rglob(".*.tmp"))
 
 
 def test_infer_never_reads_its_own_or_earlier_results(fp32_export, tiny_gpd, tmp_path):
@@ -270,8 +347,18 @@ def test_infer_never_reads_its_own_or_earlier_results(fp32_export, tiny_gpd, tmp
     cv2.imwrite(str(inputs / "extra.png"), cv2.imread(str(next(inputs.glob("*.jpg")))))
     for output in (inputs / "results", inputs / "results", inputs / "other_results"):
         # The folder and a recursive glob name extra.png twice: it is predicted once.
-        assert _infer("--model-dir", str(fp32_export), "--input", str(inputs), str(inputs / "**" / "*.png"),
-                      "--output", str(output)) == 0
+        assert (
+            _infer(
+                "--model-dir",
+                str(fp32_export),
+                "--input",
+                str(inputs),
+                str(inputs / "**" / "*.png"),
+                "--output",
+                str(output),
+            )
+            == 0
+        )
         assert len((output / "scores.csv").read_text().splitlines()) == 1 + 3
 
 
@@ -291,7 +378,16 @@ def test_a_second_run_on_a_locked_output_folder_is_refused(fp32_export, tiny_gpd
 def test_invalid_arguments_and_damaged_exports_get_one_clear_message(fp32_export, tiny_gpd, tmp_path, capsys):
     inputs = _images_folder(tiny_gpd, tmp_path / "in", 1)
     with pytest.raises(SystemExit) as exit_info:
-        _infer("--model-dir", str(fp32_export), "--input", str(inputs), "--output", str(tmp_path / "o"), "--batch-size", "0")
+        _infer(
+            "--model-dir",
+            str(fp32_export),
+            "--input",
+            str(inputs),
+            "--output",
+            str(tmp_path / "o"),
+            "--batch-size",
+            "0",
+        )
     assert exit_info.value.code == 2 and "must be at least 1" in capsys.readouterr().err
     no_input = tmp_path / "no_input"
     shutil.copytree(fp32_export, no_input)
@@ -300,7 +396,7 @@ def test_invalid_arguments_and_damaged_exports_get_one_clear_message(fp32_export
     (no_input / "metadata.json").write_text(json.dumps(metadata))
     truncated = tmp_path / "truncated"
     shutil.copytree(fp32_export, truncated)
-    with open(truncated / "model.bin", "r+b") as file:
+    with Path(truncated / "model.bin").open("r+b") as file:
         file.truncate((truncated / "model.bin").stat().st_size // 2)
     for folder, named in ((no_input, "metadata.json"), (truncated, "model.bin")):
         assert _infer("--model-dir", str(folder), "--input", str(inputs), "--output", str(tmp_path / "o")) == 2
@@ -323,7 +419,18 @@ def _infer_with_file_size_limit(limit: int, model: Path, inputs: Path, out: Path
     """``anomalib-ext infer`` in a child whose files may not grow past ``limit`` bytes: a full disk as
     the writes see it (EFBIG at the limit), and with 0 a folder nothing can be written to, for root
     too (root writes into read-only folders)."""
-    command = [sys.executable, "-c", LIMITED_INFER, str(limit), "--model-dir", str(model), "--input", str(inputs), "--output", str(out)]
+    command = [
+        sys.executable,
+        "-c",
+        LIMITED_INFER,
+        str(limit),
+        "--model-dir",
+        str(model),
+        "--input",
+        str(inputs),
+        "--output",
+        str(out),
+    ]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -372,27 +479,51 @@ def test_train_export_quantize_infer_attempt_no_connection(tiny_gpd, tmp_path):
     steps = [
         ["train", *PATCHCORE, *_data(tiny_gpd), "--default_root_dir", str(run)],
         ["export", "--model", "Patchcore", "--ckpt_path", "CKPT", "--output", str(tmp_path / "fp32")],
-        ["quantize", "--model-dir", str(tmp_path / "fp32"), "--calibration", str(tiny_gpd / "p001/train/good"),
-         "--output", str(tmp_path / "int8")],
-        ["infer", "--model-dir", str(tmp_path / "int8"), "--input", str(tiny_gpd / "p001/test/good"), "--output", str(tmp_path / "out")],
+        [
+            "quantize",
+            "--model-dir",
+            str(tmp_path / "fp32"),
+            "--calibration",
+            str(tiny_gpd / "p001/train/good"),
+            "--output",
+            str(tmp_path / "int8"),
+        ],
+        [
+            "infer",
+            "--model-dir",
+            str(tmp_path / "int8"),
+            "--input",
+            str(tiny_gpd / "p001/test/good"),
+            "--output",
+            str(tmp_path / "out"),
+        ],
     ]
     script = tmp_path / "no_network.py"
     # The checkpoint's path is known only after training: the script finds it between the steps.
-    script.write_text(textwrap.dedent(NO_NETWORK).replace(
-        "codes = [main(step) for step in json.loads(sys.argv[1])]",
-        "codes = []\nfor step in json.loads(sys.argv[1]):\n"
-        f"    step = [str(next(__import__('pathlib').Path({str(run)!r}).rglob('*.ckpt'))) if a == 'CKPT' else a for a in step]\n"
-        "    codes.append(main(step))"))
+    script.write_text(
+        textwrap.dedent(NO_NETWORK).replace(
+            "codes = [main(step) for step in json.loads(sys.argv[1])]",
+            "codes = []\nfor step in json.loads(sys.argv[1]):\n"
+            f"    step = [str(next(__import__('pathlib').Path({str(run)!r}).rglob('*.ckpt'))) if a == 'CKPT' else a for a in step]\n"
+            "    codes.append(main(step))",
+        ),
+    )
     home = tmp_path / "home"  # no OpenVINO consent file: OpenVINO's default is to send
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in {"CI", "TF_BUILD", "JENKINS_URL", "ANOMALIB_EXT_TELEMETRY"}}
     attempts = tmp_path / "attempts.log"
     env.update(HOME=str(home), HF_HUB_OFFLINE="1", ATTEMPTS_LOG=str(attempts))
-    result = subprocess.run([sys.executable, str(script), json.dumps(steps)], env=env, capture_output=True, text=True,
-                            timeout=600, check=False)
+    result = subprocess.run(
+        [sys.executable, str(script), json.dumps(steps)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, result.stderr[-3000:]
-    report = json.loads(lines[-1][len("RESULT "):])
+    report = json.loads(lines[-1][len("RESULT ") :])
     assert report["codes"] == [0, 0, 0, 0], result.stderr[-3000:]
     assert not attempts.exists(), attempts.read_text()[:2000]
     assert not (home / "intel").exists()  # no consent or client-id file written to the user's home
@@ -407,8 +538,19 @@ def test_unavailable_backbone_fails_in_seconds_with_one_short_message(tiny_gpd, 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     for model in ("Patchcore", "AMFS"):
         start = time.perf_counter()
-        assert main(["train", "--model", model, "--model.backbone", "resnet18", *_data(tiny_gpd),
-                     "--default_root_dir", str(tmp_path / model)]) == 2
+        assert (
+            main([
+                "train",
+                "--model",
+                model,
+                "--model.backbone",
+                "resnet18",
+                *_data(tiny_gpd),
+                "--default_root_dir",
+                str(tmp_path / model),
+            ])
+            == 2
+        )
         assert time.perf_counter() - start < 30
         err = capsys.readouterr().err
         assert "resnet18" in err and "offline backbone" in err and "pre_trained=False" in err

@@ -24,8 +24,12 @@ def test_fusion_learns_one_anomalous_block_among_many(num_blocks):
     normal_maps, normal_scores = _blocks(48, num_blocks, False, generator)
     anomal_maps, anomal_scores = _blocks(48, num_blocks, True, generator)
     fusion = ScoreFusion(num_blocks, "fusion")
-    losses = fusion.fit(torch.cat([normal_maps, anomal_maps]), torch.cat([normal_scores, anomal_scores]),
-                        torch.cat([torch.zeros(48), torch.ones(48)]).long(), epochs=12)
+    losses = fusion.fit(
+        torch.cat([normal_maps, anomal_maps]),
+        torch.cat([normal_scores, anomal_scores]),
+        torch.cat([torch.zeros(48), torch.ones(48)]).long(),
+        epochs=12,
+    )
     assert losses[-1] < losses[0]
     test_normal, test_normal_scores = _blocks(32, num_blocks, False, generator)
     test_anomal, test_anomal_scores = _blocks(32, num_blocks, True, generator)

@@ -1,9 +1,13 @@
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from anomalib_ext.backbones import BackboneWeightsError, create_backbone, create_feature_extractor, enable_offline_weights
+from anomalib_ext.backbones import (
+    BackboneWeightsError,
+    create_backbone,
+    create_feature_extractor,
+    enable_offline_weights,
+)
 
 IMAGENET_COFFEE = {967, 968, 504}  # espresso, cup, coffee mug
 
@@ -66,7 +70,7 @@ def test_wrong_architecture_weights_are_refused(tmp_path):
 
 
 def test_unobtainable_hub_weights_fail_fast_with_the_ways_out(monkeypatch):
-    import anomalib_ext.backbones as backbones
+    from anomalib_ext import backbones
 
     monkeypatch.setattr(backbones, "_hub_reachable", lambda host="huggingface.co": False)
     monkeypatch.setenv("HF_HUB_CACHE", "/nonexistent-cache")

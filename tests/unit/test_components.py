@@ -2,7 +2,13 @@ import numpy as np
 import torch
 
 from anomalib_ext.components import MemoryBank, coverage_radius, greedy_coreset_indices, torch_knn
-from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, free_form_mask, paste_region, perlin_anomaly_generator
+from anomalib_ext.components.synthesis import (
+    cutpaste,
+    cutpaste_scar,
+    free_form_mask,
+    paste_region,
+    perlin_anomaly_generator,
+)
 
 
 def _brute_force_greedy(x: torch.Tensor, k: int, first: int) -> list[int]:
@@ -38,12 +44,12 @@ def test_faiss_and_torch_give_the_same_neighbours(monkeypatch):
     bank.fit(torch.randn(3000, 48), sampling_ratio=0.1)
     queries = torch.randn(1, 200, 48)
     monkeypatch.setattr(memory_bank, "FAISS_MIN_WORK", 0)  # this search is small: make faiss take it
-    assert bank._use_faiss(queries)  # noqa: SLF001
+    assert bank._use_faiss(queries)
     d_faiss, i_faiss = bank.search(queries, k=9)
     d_torch, i_torch = torch_knn(queries[0], bank.bank[0], 9)
     assert torch.allclose(d_faiss[0], d_torch, atol=1e-4)
     assert (i_faiss[0] == i_torch).float().mean() > 0.99
-    nearest, index = bank.nearest(queries)
+    nearest, _index = bank.nearest(queries)
     assert torch.allclose(nearest[0], d_torch[:, 0], atol=1e-4)
 
 

@@ -5,8 +5,8 @@ import pytest
 from PIL import Image
 
 from anomalib_ext.data import MVTecLikeFolder, SyntheticGPD, move_seen_anomalies
-from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, render_print_layers, semantic_letter_change
 from anomalib_ext.data.folder import MVTecLikeDataset
+from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, render_print_layers, semantic_letter_change
 from anomalib_ext.data.mvtec_like import (
     DatasetLayoutError,
     DatasetValidationError,
@@ -31,7 +31,14 @@ def test_synthetic_gpd_has_the_gpd_layout(tiny_gpd):
 def test_generation_is_deterministic(tmp_path, tiny_gpd):
     from anomalib_ext.data.synthetic_gpd import generate_dataset
 
-    again = generate_dataset(tmp_path / "again", num_categories=1, image_size=128, train_count=6, test_good_count=3, defects_per_type=2)
+    again = generate_dataset(
+        tmp_path / "again",
+        num_categories=1,
+        image_size=128,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+    )
     for name in ("train/good/003.jpg", "test/letter/001.jpg", "ground_truth/letter/001.png"):
         assert (again / "p001" / name).read_bytes() == (tiny_gpd / "p001" / name).read_bytes()
 
@@ -55,16 +62,32 @@ def test_letter_defects_are_semantic():
 
 
 def test_datamodule_subsets_and_seen_anomalies(tiny_gpd):
-    dm = SyntheticGPD(root=tiny_gpd, num_categories=1, generated_size=128, train_count=6, test_good_count=3, defects_per_type=2,
-                      defect_types=["letter"], num_workers=0)
+    dm = SyntheticGPD(
+        root=tiny_gpd,
+        num_categories=1,
+        generated_size=128,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+        defect_types=["letter"],
+        num_workers=0,
+    )
     dm.setup()
     test = dm.test_data.samples
     assert set(test.label) == {"good", "letter"} and (test.label == "good").sum() == 3
     item = dm.test_data[int(np.flatnonzero(test.label == "letter")[0])]
     assert item.gt_mask.shape == item.image.shape[-2:] and item.gt_mask.any() and item.gt_label == 1
 
-    seen = SyntheticGPD(root=tiny_gpd, num_categories=1, generated_size=128, train_count=6, test_good_count=3, defects_per_type=2,
-                        seen_anomalies=8, num_workers=0)
+    seen = SyntheticGPD(
+        root=tiny_gpd,
+        num_categories=1,
+        generated_size=128,
+        train_count=6,
+        test_good_count=3,
+        defects_per_type=2,
+        seen_anomalies=8,
+        num_workers=0,
+    )
     seen.setup()
     train = seen.train_data.samples
     moved = train[train.label_index == 1]
@@ -178,7 +201,26 @@ def test_make_gpd_command(tmp_path, capsys):
     from anomalib_ext.cli import main
 
     out = tmp_path / "made"
-    assert main(["make-gpd", "--out", str(out), "--num-categories", "1", "--image-size", "64", "--train-count", "2",
-                 "--test-good-count", "1", "--defects-per-type", "1", "--defect-types", "letter", "hole"]) == 0
+    assert (
+        main([
+            "make-gpd",
+            "--out",
+            str(out),
+            "--num-categories",
+            "1",
+            "--image-size",
+            "64",
+            "--train-count",
+            "2",
+            "--test-good-count",
+            "1",
+            "--defects-per-type",
+            "1",
+            "--defect-types",
+            "letter",
+            "hole",
+        ])
+        == 0
+    )
     assert sorted(p.name for p in (out / "p001" / "test").iterdir()) == ["good", "hole", "letter"]
     assert not (tmp_path / "made.partial").exists() and "written" in capsys.readouterr().out

@@ -23,12 +23,15 @@ def _random_pose(rng, size):
     return h
 
 
-@pytest.mark.parametrize(("settings", "mean_px", "max_px"), [
-    (ORBSettings(), 2.0, 2.5),
-    # Detection on a half-size image: points are scaled back, the homography is in full-size pixels.
-    (ORBSettings(detect_scale=0.5), 3.0, 5.0),
-    (ORBSettings(pyramid_levels=4), 2.0, 2.5),
-])
+@pytest.mark.parametrize(
+    ("settings", "mean_px", "max_px"),
+    [
+        (ORBSettings(), 2.0, 2.5),
+        # Detection on a half-size image: points are scaled back, the homography is in full-size pixels.
+        (ORBSettings(detect_scale=0.5), 3.0, 5.0),
+        (ORBSettings(pyramid_levels=4), 2.0, 2.5),
+    ],
+)
 def test_orb_recovers_known_transforms(settings, mean_px, max_px):
     image, size = _textured(), 512
     reference = ReferenceFeatures(image, settings)
@@ -50,10 +53,18 @@ def test_transform_warps_image_and_mask_together():
     image = _textured(256)
     tensor = tv_tensors.Image(torch.from_numpy(image).permute(2, 0, 1).float() / 255)
     pose = np.array([[1, 0, 12.0], [0, 1, -9.0], [0, 0, 1]])
-    moved = torch.from_numpy(cv2.warpAffine(image, pose[:2], (256, 256), borderMode=cv2.BORDER_REFLECT)).permute(2, 0, 1).float() / 255
+    moved = (
+        torch
+        .from_numpy(cv2.warpAffine(image, pose[:2], (256, 256), borderMode=cv2.BORDER_REFLECT))
+        .permute(2, 0, 1)
+        .float()
+        / 255
+    )
     mask = torch.zeros(256, 256, dtype=torch.uint8)
     mask[100:120, 100:120] = 1
-    moved_mask = tv_tensors.Mask(torch.from_numpy(cv2.warpAffine(mask.numpy(), pose[:2], (256, 256), flags=cv2.INTER_NEAREST)))
+    moved_mask = tv_tensors.Mask(
+        torch.from_numpy(cv2.warpAffine(mask.numpy(), pose[:2], (256, 256), flags=cv2.INTER_NEAREST)),
+    )
     align = ORBAlign(tensor)
     aligned, aligned_mask = align(tv_tensors.Image(moved), moved_mask)
     assert align.last_result.ok and isinstance(aligned_mask, tv_tensors.Mask)
@@ -69,7 +80,13 @@ def test_fast_float_paths_match_the_uint8_opencv_paths():
     assert np.abs(to_gray_uint8(tensor).astype(int) - reference_gray).max() <= 1
     pose = np.array([[0.98, -0.05, 7.0], [0.05, 0.98, -4.0], [1e-5, 0, 1]])
     warped = warp_tensor(tensor, pose, (256, 256))
-    expected = cv2.warpPerspective(image.astype(np.float32) / 255, pose, (256, 256), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    expected = cv2.warpPerspective(
+        image.astype(np.float32) / 255,
+        pose,
+        (256, 256),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
     assert warped.shape == (3, 256, 256) and warped.is_contiguous()
     assert np.allclose(warped.permute(1, 2, 0).numpy(), expected, atol=1e-5)
     mask = torch.zeros(1, 256, 256, dtype=torch.uint8)
@@ -112,7 +129,12 @@ def test_pyramid_exports_with_dynamic_batch():
             return pyramid.splice(pyramid.split(x).mean(2, keepdim=True))
 
     batch = torch.export.Dim("batch", min=1, max=64)
-    program = torch.export.export(SplitSplice(), (torch.rand(2, 3, 64, 64),), dynamic_shapes=({0: batch},), strict=False)
+    program = torch.export.export(
+        SplitSplice(),
+        (torch.rand(2, 3, 64, 64),),
+        dynamic_shapes=({0: batch},),
+        strict=False,
+    )
     for n in (1, 5):
         x = torch.rand(n, 3, 64, 64)
         assert torch.allclose(program.module()(x), SplitSplice()(x))

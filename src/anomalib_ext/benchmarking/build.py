@@ -39,7 +39,10 @@ def resolve_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
         path = Path(spec.pop("config"))
         path = path if path.is_absolute() or path.is_file() else REPO / path
         base = yaml.safe_load(path.read_text())
-        spec = {"class_path": base["class_path"], "init_args": {**base.get("init_args", {}), **spec.get("init_args", {})}}
+        spec = {
+            "class_path": base["class_path"],
+            "init_args": {**base.get("init_args", {}), **spec.get("init_args", {})},
+        }
     if "class_path" not in spec:
         msg = f"A model or data spec needs class_path (or config: a YAML file with one), got {sorted(spec)}"
         raise ValueError(msg)
@@ -47,9 +50,12 @@ def resolve_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
 
 
 def build_model(
-    spec: dict[str, Any] | str | Path, *, size: int | tuple[int, int] | None = None, seed: int | None = None,
-    **components: Any,
-) -> Any:  # noqa: ANN401 - an AnomalibModule of any class
+    spec: dict[str, Any] | str | Path,
+    *,
+    size: int | tuple[int, int] | None = None,
+    seed: int | None = None,
+    **components: Any,  # ruff: ignore[any-type] - anomalib components of any kind
+) -> Any:  # ruff: ignore[any-type] - an AnomalibModule of any class
     """An anomalib model from a spec, with a pre-processor for ``size`` (int or (H, W)) when given.
 
     ``seed`` is passed on to models that take one (AMFS); ``components`` (``evaluator=``, ...) go to the
@@ -65,20 +71,22 @@ def build_model(
     return cls(**kwargs)
 
 
-def build_datamodule(spec: dict[str, Any] | str | Path, **overrides: Any) -> Any:  # noqa: ANN401 - a datamodule
+def build_datamodule(spec: dict[str, Any] | str | Path, **overrides: Any) -> Any:  # ruff: ignore[any-type] - a datamodule
     """A datamodule from a spec; ``overrides`` replace its ``init_args`` (e.g. ``defect_types=["letter"]``)."""
     spec = resolve_spec(spec)
     return import_class(spec["class_path"])(**{**spec["init_args"], **overrides})
 
 
-def default_evaluator() -> Any:  # noqa: ANN401 - an anomalib Evaluator
+def default_evaluator() -> Any:  # ruff: ignore[any-type] - an anomalib Evaluator
     """Image AUROC and F1, pixel AUROC, AUPRO and AP (pixel metrics skipped on image-label-only sets)."""
     from anomalib.metrics import AUPR, AUPRO, AUROC, Evaluator, F1Score
 
-    return Evaluator(test_metrics=[
-        AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
-        F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
-        AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-        AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
-    ])
+    return Evaluator(
+        test_metrics=[
+            AUROC(fields=["pred_score", "gt_label"], prefix="image_"),
+            F1Score(fields=["pred_label", "gt_label"], prefix="image_"),
+            AUROC(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPRO(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+            AUPR(fields=["anomaly_map", "gt_mask"], prefix="pixel_", strict=False),
+        ],
+    )

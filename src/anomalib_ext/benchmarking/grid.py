@@ -1,7 +1,7 @@
 """A benchmark grid: models x datasets x sizes x seeds from a YAML file -> jobs, then CSV, markdown and plots.
 
 Grid keys: ``models`` and ``datasets`` (name -> spec, see :mod:`anomalib_ext.benchmarking.build`;
-a dataset may say ``skip_if_missing: PATH`` and its own ``sizes``), ``sizes`` ([256]), ``seeds`` ([0]; or ``seed``),
+a dataset may say ``skip_if_missing: PATH`` and give its own ``sizes`` and ``subsets``), ``sizes`` ([256]), ``seeds`` ([0]; or ``seed``),
 ``stages`` (all of :data:`~anomalib_ext.benchmarking.jobs.STAGES`), ``subsets`` (name -> datamodule
 overrides tested after the full test set), ``repeats`` (20), ``int8_subset_size`` (300).
 """
@@ -24,25 +24,44 @@ def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
         if missing and not (Path(missing).exists() or (REPO / missing).exists()):
             print(f"dataset {data_name}: {missing} is not present, skipped")
             continue
-        spec = {k: v for k, v in data.items() if k not in {"skip_if_missing", "sizes"}}
+        spec = {k: v for k, v in data.items() if k not in {"skip_if_missing", "sizes", "subsets"}}
         for size in data.get("sizes", config.get("sizes", [256])):
             for model_name, model in config["models"].items():
                 for seed in seeds:
                     suffix = f"__s{seed}" if len(seeds) > 1 else ""
                     jobs.append({
-                        "name": f"{model_name}__{data_name}__{size}{suffix}", "model_name": model_name, "dataset": data_name,
-                        "size": size, "seed": seed, "model": model, "data": spec, "stages": config.get("stages", list(STAGES)),
-                        "subsets": config.get("subsets", {}), "repeats": config.get("repeats", 20),
+                        "name": f"{model_name}__{data_name}__{size}{suffix}",
+                        "model_name": model_name,
+                        "dataset": data_name,
+                        "size": size,
+                        "seed": seed,
+                        "model": model,
+                        "data": spec,
+                        "stages": config.get("stages", list(STAGES)),
+                        "subsets": data.get("subsets", config.get("subsets", {})),
+                        "repeats": config.get("repeats", 20),
                         "int8_subset_size": config.get("int8_subset_size", 300),
                     })
     return jobs
 
 
 COLUMNS = {  # results.md: column -> header (those present)
-    "image_AUROC": "img AUROC", "pixel_AUROC": "px AUROC", "pixel_AUPRO": "AUPRO", "pixel_AUPR": "px AP", "image_F1Score": "F1",
-    "fit_s": "fit s", "torch_ms": "torch ms", "ov_fp32_ms": "OV FP32 ms", "ov_int8_ms": "OV INT8 ms", "ov_speedup": "OV/torch",
-    "int8_speedup": "INT8/FP32", "int8_image_auroc_change": "INT8 Δimg AUROC", "ov_fp32_e2e_ms": "OV e2e ms",
-    "ov_fp32_images_per_s_b8": "FP32 img/s b8", "ov_int8_images_per_s_b8": "INT8 img/s b8", "peak_rss_mb": "peak MB",
+    "image_AUROC": "img AUROC",
+    "pixel_AUROC": "px AUROC",
+    "pixel_AUPRO": "AUPRO",
+    "pixel_AUPR": "px AP",
+    "image_F1Score": "F1",
+    "fit_s": "fit s",
+    "torch_ms": "torch ms",
+    "ov_fp32_ms": "OV FP32 ms",
+    "ov_int8_ms": "OV INT8 ms",
+    "ov_speedup": "OV/torch",
+    "int8_speedup": "INT8/FP32",
+    "int8_image_auroc_change": "INT8 Δimg AUROC",
+    "ov_fp32_e2e_ms": "OV e2e ms",
+    "ov_fp32_images_per_s_b8": "FP32 img/s b8",
+    "ov_int8_images_per_s_b8": "INT8 img/s b8",
+    "peak_rss_mb": "peak MB",
     "job_s": "job s",
 }
 
@@ -59,10 +78,12 @@ def summarise(rows: list[dict[str, Any]], out: Path) -> None:
     if {"ov_int8_image_AUROC", "ov_fp32_image_AUROC"} <= set(table):
         table["int8_image_auroc_change"] = table["ov_int8_image_AUROC"] - table["ov_fp32_image_AUROC"]
     table.to_csv(out / "results.csv", index=False)
-    metric_columns = [c for c in table if c.endswith(("_AUROC", "_AUPRO", "_AUPR", "_F1Score")) and not c.startswith("ov_")]
+    metric_columns = [
+        c for c in table if c.endswith(("_AUROC", "_AUPRO", "_AUPR", "_F1Score")) and not c.startswith("ov_")
+    ]
     shown_columns = list(dict.fromkeys([c for c in COLUMNS if c in table] + metric_columns))
     keys = ["dataset", "model_name", "size"]
-    if table["seed"].nunique() > 1:
+    if table["seed"].nunique() > 1:  # ruff: ignore[pandas-nunique-constant-series-check] - several seeds, not a constant check
         grouped = table.groupby(keys, sort=False)[shown_columns]
         mean, std, count = grouped.mean(), grouped.std(), grouped.size()
         shown = mean.map(lambda v: f"{v:.3f}").astype(str) + " ± " + std.map(lambda v: f"{v:.3f}").astype(str)
@@ -76,16 +97,27 @@ def summarise(rows: list[dict[str, Any]], out: Path) -> None:
         _plots(table, out)
 
 
-def _plots(table: Any, out: Path) -> None:  # noqa: ANN401 - a DataFrame
+def _plots(table: Any, out: Path) -> None:  # ruff: ignore[any-type] - a DataFrame
     import matplotlib as mpl
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for (model, group), color in zip(table.groupby("model_name"), plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False):
+    for (model, group), color in zip(
+        table.groupby("model_name"),
+        plt.rcParams["axes.prop_cycle"].by_key()["color"],
+        strict=False,
+    ):
         ax.scatter(group["ov_fp32_e2e_ms"], group["image_AUROC"], color=color, label=f"{model} (OV FP32)", s=40)
-        ax.scatter(group["ov_int8_e2e_ms"], group["ov_int8_image_AUROC"], color=color, marker="x", label=f"{model} (OV INT8)", s=40)
+        ax.scatter(
+            group["ov_int8_e2e_ms"],
+            group["ov_int8_image_AUROC"],
+            color=color,
+            marker="x",
+            label=f"{model} (OV INT8)",
+            s=40,
+        )
         for _, row in group.iterrows():
             ax.annotate(row["dataset"], (row["ov_fp32_e2e_ms"], row["image_AUROC"]), fontsize=7, alpha=0.7)
     ax.set_xscale("log")

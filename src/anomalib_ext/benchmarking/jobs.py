@@ -27,7 +27,7 @@ from anomalib_ext.benchmarking.build import build_datamodule, build_model, defau
 STAGES = ("fit", "test", "export", "int8", "accuracy", "timing")
 
 
-def test_images(samples: Any, size: int, count: int = 8) -> tuple[torch.Tensor, list]:  # noqa: ANN401 - a DataFrame
+def sample_test_images(samples: Any, size: int, count: int = 8) -> tuple[torch.Tensor, list]:  # ruff: ignore[any-type] - a DataFrame
     """``count`` test images spread over the samples (so over the defect types): resized batch and raw RGB arrays."""
     from anomalib_ext.data.mvtec_like import read_resized, read_rgb
 
@@ -52,19 +52,38 @@ def torch_timings(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> 
     return row
 
 
-TIMING_COLUMNS = {"latency_ms_b1": "ms", "e2e_ms": "e2e_ms", "images_per_s_b8": "images_per_s_b8", "openvino_precision": "precision"}
+TIMING_COLUMNS = {
+    "latency_ms_b1": "ms",
+    "e2e_ms": "e2e_ms",
+    "images_per_s_b8": "images_per_s_b8",
+    "openvino_precision": "precision",
+}
 
 
 def openvino_row(
-    folders: dict[str, Path], test_samples: Any, raw_images: list, *, accuracy: bool, timing: bool, repeats: int,  # noqa: ANN401
+    folders: dict[str, Path],
+    test_samples: Any,  # ruff: ignore[any-type] - a samples DataFrame, or None when only timing
+    raw_images: list,
+    *,
+    accuracy: bool,
+    timing: bool,
+    repeats: int,
 ) -> dict[str, Any]:
-    """FP32/INT8 accuracy and interleaved latencies (:func:`~anomalib_ext.deploy.evaluate.compare_exports`) as
-    ``ov_fp32_*`` / ``ov_int8_*`` columns."""
+    """FP32/INT8 accuracy and interleaved latencies as ``ov_fp32_*`` / ``ov_int8_*`` columns.
+
+    See :func:`~anomalib_ext.deploy.evaluate.compare_exports`.
+    """
     from anomalib_ext.deploy.evaluate import compare_exports
 
     names = {"ov_fp32": "FP32", "ov_int8": "INT8"}
-    report = compare_exports({names[k]: v for k, v in folders.items()}, test_samples, raw_images,
-                             accuracy=accuracy, timing=timing, repeats=repeats)
+    report = compare_exports(
+        {names[k]: v for k, v in folders.items()},
+        test_samples,
+        raw_images,
+        accuracy=accuracy,
+        timing=timing,
+        repeats=repeats,
+    )
     row: dict[str, Any] = {}
     for prefix, name in names.items():
         for key, value in report.get(name, {}).items():
@@ -117,19 +136,27 @@ def run_job(job: dict[str, Any], out: Path) -> dict[str, Any]:
             row.update({f"{subset}_{k}": float(v) for k, v in metrics.items()})
     row.update(_host_step_report(model))
     test_samples = data.test_data.samples  # honours subsets (defect_types, max_defect_area)
-    batch, raw = test_images(test_samples, size)
+    batch, raw = sample_test_images(test_samples, size)
     if "timing" in stages:
         row.update(torch_timings(model, batch, repeats))
     folders = _deploy(job, model, data, work, stages)
     if folders and stages & {"accuracy", "timing"}:
-        row.update(openvino_row(folders, test_samples, raw, accuracy="accuracy" in stages, timing="timing" in stages,
-                                repeats=repeats))
+        row.update(
+            openvino_row(
+                folders,
+                test_samples,
+                raw,
+                accuracy="accuracy" in stages,
+                timing="timing" in stages,
+                repeats=repeats,
+            ),
+        )
     row["torch_threads"] = torch.get_num_threads()
     row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return row
 
 
-def _deploy(job: dict[str, Any], model: torch.nn.Module, data: Any, work: Path, stages: set[str]) -> dict[str, Path]:  # noqa: ANN401
+def _deploy(job: dict[str, Any], model: torch.nn.Module, data: Any, work: Path, stages: set[str]) -> dict[str, Path]:  # ruff: ignore[any-type]
     """The export folders the job's stages ask for: ``ov_fp32`` (export), ``ov_int8`` (int8)."""
     from anomalib_ext.deploy.export import export_openvino
     from anomalib_ext.deploy.quantize import quantize_openvino
@@ -141,7 +168,12 @@ def _deploy(job: dict[str, Any], model: torch.nn.Module, data: Any, work: Path, 
     folders["ov_fp32"] = export_openvino(model, work / "openvino_fp32", (size, size)).parent
     if "int8" in stages:
         train_good = Path(data.root) / data.category / "train" / "good"  # INT8 calibration: normal training images
-        xml = quantize_openvino(folders["ov_fp32"], train_good, work / "openvino_int8", subset_size=job.get("int8_subset_size", 300))
+        xml = quantize_openvino(
+            folders["ov_fp32"],
+            train_good,
+            work / "openvino_int8",
+            subset_size=job.get("int8_subset_size", 300),
+        )
         folders["ov_int8"] = xml.parent
     return folders
 
@@ -152,7 +184,11 @@ def retime(job: dict[str, Any], out: Path) -> dict[str, Any]:
 
     data = build_datamodule(job["data"])
     samples = make_mvtec_like_samples(Path(data.root) / data.category)
-    _, raw = test_images(samples[samples.split == "test"], job["size"])
+    _, raw = sample_test_images(samples[samples.split == "test"], job["size"])
     work = out / "work" / job["name"]
-    folders = {name: work / f"openvino_{name[3:]}" for name in ("ov_fp32", "ov_int8") if (work / f"openvino_{name[3:]}").is_dir()}
+    folders = {
+        name: work / f"openvino_{name[3:]}"
+        for name in ("ov_fp32", "ov_int8")
+        if (work / f"openvino_{name[3:]}").is_dir()
+    }
     return openvino_row(folders, None, raw, accuracy=False, timing=True, repeats=job.get("repeats", 20))

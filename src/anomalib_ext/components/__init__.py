@@ -3,4 +3,11 @@
 from anomalib_ext.components.coreset import FastKCenterGreedy, coverage_radius, greedy_coreset_indices, use_fast_coreset
 from anomalib_ext.components.memory_bank import MemoryBank, torch_knn
 
-__all__ = ["FastKCenterGreedy", "MemoryBank", "coverage_radius", "greedy_coreset_indices", "torch_knn", "use_fast_coreset"]
+__all__ = [
+    "FastKCenterGreedy",
+    "MemoryBank",
+    "coverage_radius",
+    "greedy_coreset_indices",
+    "torch_knn",
+    "use_fast_coreset",
+]

@@ -9,7 +9,7 @@ graph (``tools/profile_ir.py``).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from kornia.filters import get_gaussian_kernel1d
 from torch import nn
 
@@ -31,6 +31,7 @@ class SeparableGaussianBlur(nn.Module):
         self.register_buffer("kernel", kernel, persistent=False)
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) maps blurred (reflect padding, as anomalib's GaussianBlur2d)."""
         b, c, h, w = maps.shape
         x = maps.reshape(b * c, 1, h, w)
         # Reflect padding needs the pad smaller than the map; clamp for tiny maps (tests, coarse levels).

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 
 def project_for_coreset(features: torch.Tensor, eps: float = 0.9, seed: int | None = 0) -> torch.Tensor:
-    """anomalib's sparse random projection (Johnson–Lindenstrauss, eps 0.9), as its KCenterGreedy uses.
+    """Anomalib's sparse random projection (Johnson-Lindenstrauss, eps 0.9), as its KCenterGreedy uses.
 
     Returned unchanged when the projection would not reduce the dimension (JL needs ~4 ln N / eps^2
     dims, more than e.g. the 168 of an EfficientNet-lite embedding): then it only costs time and accuracy.
@@ -54,7 +54,8 @@ def greedy_coreset_indices(
     n = features.shape[0]
     k = coreset_size if coreset_size is not None else int(n * (sampling_ratio or 0))
     if not 0 < k <= n:
-        raise ValueError(f"Coreset size must be in 1..{n}, got {k} (sampling_ratio={sampling_ratio}).")
+        msg = f"Coreset size must be in 1..{n}, got {k} (sampling_ratio={sampling_ratio})."
+        raise ValueError(msg)
     x = features.detach().float()
     x = (project_for_coreset(x, seed=seed) if project else x).contiguous()
     generator = torch.Generator(device="cpu")
@@ -94,9 +95,11 @@ class FastKCenterGreedy:
         self.sampling_ratio = sampling_ratio
 
     def select_coreset_idxs(self) -> list[int]:
+        """Anomalib's interface: the indices of the coreset."""
         return greedy_coreset_indices(self.embedding, self.sampling_ratio).tolist()
 
     def sample_coreset(self) -> torch.Tensor:
+        """Anomalib's interface: the coreset features."""
         return self.embedding[greedy_coreset_indices(self.embedding, self.sampling_ratio)]
 
 

@@ -7,14 +7,17 @@ step (:meth:`PatchEmbedding.normalize`) because AMFS normalises before cutting i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from anomalib_ext.backbones import create_feature_extractor
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 
 class PatchEmbedding(nn.Module):

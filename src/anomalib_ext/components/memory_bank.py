@@ -41,7 +41,7 @@ def torch_knn(queries: torch.Tensor, bank: torch.Tensor, k: int) -> tuple[torch.
 
 def _faiss_available() -> bool:
     try:
-        import faiss  # noqa: F401
+        import faiss  # ruff: ignore[unused-import]
     except ImportError:
         return False
     return True
@@ -71,7 +71,12 @@ class MemoryBank(DynamicBufferMixin, nn.Module):
         return int(self.bank.shape[1]) if self.bank.ndim == 3 else 0
 
     def fit(
-        self, features: torch.Tensor, sampling_ratio: float | None = 0.01, *, seed: int = 0, progress: bool = False,
+        self,
+        features: torch.Tensor,
+        sampling_ratio: float | None = 0.01,
+        *,
+        seed: int = 0,
+        progress: bool = False,
     ) -> torch.Tensor:
         """Keep a greedy k-center coreset of each group of ``features`` (G, N, D) (or (N, D): one group).
 
@@ -96,7 +101,7 @@ class MemoryBank(DynamicBufferMixin, nn.Module):
             msg = "The memory bank is empty: fit it on normal features (train the model) before scoring."
             raise RuntimeError(msg)
 
-    def _faiss_index(self):  # noqa: ANN202 - a faiss.IndexFlatL2
+    def _faiss_index(self):  # ruff: ignore[missing-return-type-private-function] - a faiss.IndexFlatL2
         import faiss
 
         version = (self.bank.data_ptr(), tuple(self.bank.shape))
@@ -112,7 +117,7 @@ class MemoryBank(DynamicBufferMixin, nn.Module):
         return self.use_faiss and eager_cpu and large and _faiss_available()
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """L2 distances (not squared) and indices of the ``k`` nearest features, each (G, Q, k), for (G, Q, D) queries."""
+        """L2 distances (not squared) and indices of the ``k`` nearest features, each (G, Q, k), of (G, Q, D)."""
         self._check_fitted()
         k = min(k, len(self))
         if self._use_faiss(queries):
@@ -131,7 +136,11 @@ class MemoryBank(DynamicBufferMixin, nn.Module):
         return squared.sqrt(), indices
 
     def reweighted_max(
-        self, queries: torch.Tensor, patch_scores: torch.Tensor, nearest_idx: torch.Tensor, num_neighbors: int,
+        self,
+        queries: torch.Tensor,
+        patch_scores: torch.Tensor,
+        nearest_idx: torch.Tensor,
+        num_neighbors: int,
     ) -> torch.Tensor:
         """PatchCore's image score per group: the worst patch re-weighted by the density of its bank neighbourhood.
 

@@ -18,10 +18,13 @@ import numpy as np
 import torch
 from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
 from torchvision.transforms.v2 import ColorJitter
-from torchvision.transforms.v2 import functional as TF  # noqa: N812
+from torchvision.transforms.v2 import functional as TF  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
 
-def perlin_anomaly_generator(texture_dir: str | Path | None = None, blend: tuple[float, float] = (0.2, 1.0)) -> PerlinAnomalyGenerator:
+def perlin_anomaly_generator(
+    texture_dir: str | Path | None = None,
+    blend: tuple[float, float] = (0.2, 1.0),
+) -> PerlinAnomalyGenerator:
     """DRAEM-style generator: Perlin-noise regions filled with a (augmented) texture from ``texture_dir``."""
     if texture_dir is not None and not Path(texture_dir).is_dir():
         msg = f"Texture folder {texture_dir} does not exist; pass a folder of images (e.g. DTD) or None."
@@ -33,7 +36,12 @@ def _jitter(patch: torch.Tensor) -> torch.Tensor:
     return ColorJitter(brightness=0.1, contrast=0.1, saturation=0.1, hue=0.1)(patch)
 
 
-def cutpaste(image: torch.Tensor, rng: np.random.Generator, area_ratio=(0.02, 0.15), aspect_ratio=(0.3, 3.3)) -> tuple[torch.Tensor, torch.Tensor]:
+def cutpaste(
+    image: torch.Tensor,
+    rng: np.random.Generator,
+    area_ratio: tuple[float, float] = (0.02, 0.15),
+    aspect_ratio: tuple[float, float] = (0.3, 3.3),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CutPaste: copy a rectangle (area 2-15% of the image), jitter its colour, paste it elsewhere."""
     _, h, w = image.shape
     area = rng.uniform(*area_ratio) * h * w
@@ -49,14 +57,20 @@ def cutpaste(image: torch.Tensor, rng: np.random.Generator, area_ratio=(0.02, 0.
     return out, mask
 
 
-def cutpaste_scar(image: torch.Tensor, rng: np.random.Generator, width=(2, 16), length=(10, 25), angle=(-45, 45)) -> tuple[torch.Tensor, torch.Tensor]:
+def cutpaste_scar(
+    image: torch.Tensor,
+    rng: np.random.Generator,
+    width: tuple[int, int] = (2, 16),
+    length: tuple[int, int] = (10, 25),
+    angle: tuple[float, float] = (-45, 45),
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CutPaste-Scar: a thin strip (2-16 x 10-25 px at 256 px, scaled with the image), rotated, pasted."""
     _, h, w = image.shape
     scale = min(h, w) / 256
     sw, sl = int(max(1, rng.integers(*width) * scale)), int(max(2, rng.integers(*length) * scale))
     sy, sx = rng.integers(0, h - sl + 1), rng.integers(0, w - sw + 1)
     strip = _jitter(image[:, sy : sy + sl, sx : sx + sw])
-    diagonal = int(math.ceil(math.hypot(sl, sw))) + 2
+    diagonal = math.ceil(math.hypot(sl, sw)) + 2
     canvas = torch.zeros(image.shape[0] + 1, diagonal, diagonal)
     oy, ox = (diagonal - sl) // 2, (diagonal - sw) // 2
     canvas[:-1, oy : oy + sl, ox : ox + sw] = strip
@@ -71,7 +85,14 @@ def cutpaste_scar(image: torch.Tensor, rng: np.random.Generator, width=(2, 16), 
     return out, mask
 
 
-def free_form_mask(height: int, width: int, rng: np.random.Generator, strokes=(1, 4), vertices=(4, 12), brush=(0.02, 0.06)) -> torch.Tensor:
+def free_form_mask(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    strokes: tuple[int, int] = (1, 4),
+    vertices: tuple[int, int] = (4, 12),
+    brush: tuple[float, float] = (0.02, 0.06),
+) -> torch.Tensor:
     """(1, H, W) float mask of random brush strokes (polylines of random angle, length and width)."""
     mask = np.zeros((height, width), np.uint8)
     size = min(height, width)
@@ -103,7 +124,8 @@ def paste_region(
     """
     region = source_mask.reshape(source_mask.shape[-2:]) > 0.5
     if not bool(region.any()):
-        raise ValueError("paste_region: the source mask is empty.")
+        msg = "paste_region: the source mask is empty."
+        raise ValueError(msg)
     ys, xs = torch.nonzero(region, as_tuple=True)
     y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
     ph, pw = y1 - y0, x1 - x0

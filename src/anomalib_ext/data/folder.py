@@ -36,6 +36,7 @@ class MVTecLikeDataset(AnomalibDataset):
         self.samples = samples
 
     def __getitem__(self, index: int) -> ImageItem:
+        """The image (and its mask, empty for normal images) of one sample, with label and paths."""
         row = self.samples.iloc[index]
         pixels = read_rgb(row.image_path)
         image = Image(torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255))
@@ -168,14 +169,16 @@ class MVTecLikeFolder(AnomalibDataModule):
         if self.categories:
             return self.categories
         if not self.root.is_dir():
-            raise DatasetLayoutError(f"Dataset root {self.root} does not exist; check `root`.")
+            msg = f"Dataset root {self.root} does not exist; check `root`."
+            raise DatasetLayoutError(msg)
         return sorted(p.name for p in self.root.iterdir() if (p / "train").is_dir())
 
     def make_samples(self) -> pd.DataFrame:
         """Every sample of the selected categories, with seen anomalies moved and test subsets applied."""
         tables = [make_mvtec_like_samples(self.root / name, name) for name in self.resolved_categories()]
         if not tables:
-            raise DatasetLayoutError(f"No category folders with train/ found under {self.root}.")
+            msg = f"No category folders with train/ found under {self.root}."
+            raise DatasetLayoutError(msg)
         task = "segmentation" if all(t.attrs["task"] == "segmentation" for t in tables) else "classification"
         samples = pd.concat(tables, ignore_index=True)
         samples = move_seen_anomalies(samples, self.seen_anomalies, self.seen_anomalies_seed)

@@ -1,5 +1,6 @@
-"""Render printed garments: woven fabric, a print (word, number, logo), GPD's eight defect types,
-and a "photograph" of it with varied pose and lighting.
+"""Render printed garments: woven fabric, a print, GPD's eight defect types, and a photograph of it.
+
+The print holds a word, a number and a logo; the "photograph" varies pose and lighting.
 
 Everything is drawn in a fixed *design frame* first; the defect mask is where the defective design
 differs from the normal design, so masks are exact for every defect type. The photo step then warps
@@ -37,6 +38,7 @@ class PrintDesign:
 
 
 def make_design(rng: np.random.Generator, size: int) -> PrintDesign:
+    """A random print design (fabric, inks with enough contrast, text and logo) for ``size`` px images."""
     fabric = rng.uniform(0.25, 0.85, 3)
     ink = np.clip(1.0 - fabric + rng.uniform(-0.2, 0.2, 3), 0.05, 0.95)
     accent = rng.uniform(0.1, 0.9, 3)
@@ -46,9 +48,12 @@ def make_design(rng: np.random.Generator, size: int) -> PrintDesign:
     for colour in (ink, accent):
         gap = float(luma @ colour - luma @ fabric)
         if abs(gap) < 0.3:
-            colour += (np.sign(gap) or 1.0) * (0.3 - abs(gap))
-            if not 0.0 <= luma @ np.clip(colour, 0, 1) <= 1.0 or abs(luma @ np.clip(colour, 0, 1) - luma @ fabric) < 0.3:
-                colour -= 2 * (np.sign(gap) or 1.0) * (0.3 - abs(gap)) + (np.sign(gap) or 1.0) * abs(gap) * 2
+            colour += (np.sign(gap) or 1.0) * (0.3 - abs(gap))  # ruff: ignore[redefined-loop-name] - in place: edits ink/accent
+            if (
+                not 0.0 <= luma @ np.clip(colour, 0, 1) <= 1.0
+                or abs(luma @ np.clip(colour, 0, 1) - luma @ fabric) < 0.3
+            ):
+                colour -= 2 * (np.sign(gap) or 1.0) * (0.3 - abs(gap)) + (np.sign(gap) or 1.0) * abs(gap) * 2  # ruff: ignore[redefined-loop-name]
         np.clip(colour, 0.02, 0.98, out=colour)
     return PrintDesign(
         size=size,
@@ -69,7 +74,7 @@ def _letter_layout(design: PrintDesign, word: str) -> tuple[list[tuple[int, int]
     s = design.size
     scale = s / 512 * 2.2
     thickness = max(2, round(s / 512 * 7))
-    (cell_w, cell_h), _ = cv2.getTextSize("W", design.font, scale, thickness)
+    (cell_w, _cell_h), _ = cv2.getTextSize("W", design.font, scale, thickness)
     left = (s - cell_w * len(word)) // 2
     return [(left + i * cell_w, int(s * 0.42)) for i in range(len(word))], scale, thickness
 
@@ -85,7 +90,12 @@ def _draw_word(canvas: np.ndarray, design: PrintDesign, word: str) -> None:
 def _draw_logo(canvas: np.ndarray, design: PrintDesign) -> None:
     s = design.size
     cx, cy, r = s // 2, int(s * 0.64), int(s * 0.09)
-    angles = np.linspace(0, 2 * np.pi, {"triangle": 3, "diamond": 4, "star": 10, "circle": 64}[design.logo], endpoint=False)
+    angles = np.linspace(
+        0,
+        2 * np.pi,
+        {"triangle": 3, "diamond": 4, "star": 10, "circle": 64}[design.logo],
+        endpoint=False,
+    )
     radii = np.where(np.arange(len(angles)) % 2 == 1, r * 0.45, r) if design.logo == "star" else np.full(len(angles), r)
     points = np.stack([cx + radii * np.sin(angles), cy - radii * np.cos(angles)], 1).astype(np.int32)
     cv2.fillPoly(canvas, [points], 255, cv2.LINE_AA)
@@ -100,7 +110,16 @@ def render_print_layers(design: PrintDesign, word: str | None = None) -> tuple[n
     _draw_word(ink, design, word or design.word)
     scale = s / 512 * 1.3
     (w, _), _ = cv2.getTextSize(design.number, design.font, scale, 3)
-    cv2.putText(ink, design.number, ((s - w) // 2, int(s * 0.84)), design.font, scale, 255, max(2, round(s / 512 * 4)), cv2.LINE_AA)
+    cv2.putText(
+        ink,
+        design.number,
+        ((s - w) // 2, int(s * 0.84)),
+        design.font,
+        scale,
+        255,
+        max(2, round(s / 512 * 4)),
+        cv2.LINE_AA,
+    )
     _draw_logo(accent, design)
     return ink.astype(np.float32) / 255, accent.astype(np.float32) / 255
 
@@ -110,13 +129,22 @@ def render_fabric(design: PrintDesign, rng: np.random.Generator) -> np.ndarray:
     s = design.size
     y, x = np.mgrid[0:s, 0:s].astype(np.float32)
     phase = rng.uniform(0, 2 * np.pi, 2)
-    weave = 0.5 + 0.25 * np.sin(2 * np.pi * x / design.thread_period + phase[0]) * np.sin(2 * np.pi * y / design.thread_period + phase[1])
+    weave = 0.5 + 0.25 * np.sin(2 * np.pi * x / design.thread_period + phase[0]) * np.sin(
+        2 * np.pi * y / design.thread_period + phase[1],
+    )
     fibre = cv2.GaussianBlur(rng.normal(0, 1, (s, s)).astype(np.float32), (0, 0), 1.2)
     shade = 0.88 + 0.12 * weave + 0.03 * fibre
     return design.fabric_rgb[None, None, :].astype(np.float32) * shade[..., None]
 
 
-def compose(fabric: np.ndarray, design: PrintDesign, ink: np.ndarray, accent: np.ndarray, ink_rgb=None, accent_rgb=None) -> np.ndarray:
+def compose(
+    fabric: np.ndarray,
+    design: PrintDesign,
+    ink: np.ndarray,
+    accent: np.ndarray,
+    ink_rgb: np.ndarray | None = None,
+    accent_rgb: np.ndarray | None = None,
+) -> np.ndarray:
     """Lay the inks over the fabric; the weave shows faintly through the print."""
     ink_rgb = design.ink_rgb if ink_rgb is None else ink_rgb
     accent_rgb = design.accent_rgb if accent_rgb is None else accent_rgb
@@ -167,7 +195,7 @@ def render_design(design: PrintDesign, rng: np.random.Generator, defect: str | N
     if defect == "letter":
         d_ink, _ = render_print_layers(design, semantic_letter_change(design, rng))
         image = compose(fabric, design, d_ink, accent)
-    elif defect in ("color", "dim", "miss"):
+    elif defect in {"color", "dim", "miss"}:
         region = _blob(rng, s, _print_point(rng, ink + accent), radius)
         if defect == "color":
             shifted = np.clip(design.ink_rgb[::-1] * rng.uniform(0.5, 1.5), 0, 1)
@@ -175,7 +203,12 @@ def render_design(design: PrintDesign, rng: np.random.Generator, defect: str | N
             image = normal * (1 - region[..., None]) + recoloured * region[..., None]
         elif defect == "dim":
             smear = cv2.GaussianBlur(ink, (0, 0), max(2.0, s / 60)) * 1.6
-            image = compose(fabric, design, np.clip(ink * (1 - region) + np.minimum(smear, 0.85) * region, 0, 1), accent)
+            image = compose(
+                fabric,
+                design,
+                np.clip(ink * (1 - region) + np.minimum(smear, 0.85) * region, 0, 1),
+                accent,
+            )
         else:
             image = compose(fabric, design, ink * (1 - region), accent * (1 - region))
     elif defect == "over":
@@ -226,12 +259,25 @@ def random_pose(design: PrintDesign, rng: np.random.Generator) -> np.ndarray:
     return similarity @ perspective
 
 
-def photograph(image: np.ndarray, mask: np.ndarray, design: PrintDesign, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def photograph(
+    image: np.ndarray,
+    mask: np.ndarray,
+    design: PrintDesign,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
     """Warp by a random pose (:func:`random_pose`), vary the light, add noise."""
     s = design.size
     homography = random_pose(design, rng)
-    warped = cv2.warpPerspective(image.astype(np.float32), homography, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    warped_mask = cv2.warpPerspective(mask.astype(np.uint8), homography, (s, s), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    warped = cv2.warpPerspective(
+        image.astype(np.float32),
+        homography,
+        (s, s),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    warped_mask = (
+        cv2.warpPerspective(mask.astype(np.uint8), homography, (s, s), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    )
     y, x = np.mgrid[0:s, 0:s].astype(np.float32) / s
     gx, gy = rng.uniform(-0.25, 0.25, 2)
     light = rng.uniform(0.85, 1.1) * (1 + gx * (x - 0.5) + gy * (y - 0.5))

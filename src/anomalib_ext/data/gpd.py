@@ -23,7 +23,7 @@ GPD_DEFECT_TYPES = ("color", "dim", "hole", "letter", "miss", "over", "scratch",
 
 
 def _download(url: str, target: Path) -> None:
-    with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - fixed https URL
+    with urllib.request.urlopen(url, timeout=60) as response:  # ruff: ignore[suspicious-url-open-usage] - fixed https URL
         total = int(response.headers.get("Content-Length", 0)) or None
         with target.open("wb") as file, tqdm(total=total, unit="B", unit_scale=True, desc="Downloading GPD") as bar:
             while chunk := response.read(1 << 20):
@@ -32,11 +32,12 @@ def _download(url: str, target: Path) -> None:
 
 
 def _find_category_parent(folder: Path) -> Path:
-    """The folder inside an extracted archive that holds ``p001/`` …"""
+    """The folder inside an extracted archive that holds ``p001/`` and the other categories."""
     for candidate in [folder, *sorted(p for p in folder.rglob("*") if p.is_dir())]:
         if (candidate / "p001" / "train").is_dir():
             return candidate
-    raise FileNotFoundError(f"The downloaded GPD archive has no p001/train folder under {folder}.")
+    msg = f"The downloaded GPD archive has no p001/train folder under {folder}."
+    raise FileNotFoundError(msg)
 
 
 def download_gpd(root: Path, url: str = GPD_ARCHIVE_URL) -> None:
@@ -76,10 +77,16 @@ class GPD(MVTecLikeFolder):
         Other arguments: see :class:`~anomalib_ext.data.folder.MVTecLikeFolder`.
     """
 
-    def __init__(self, root: str | Path = "./datasets/GPD", category: str | list[str] | None = "p001", **kwargs) -> None:
+    def __init__(
+        self,
+        root: str | Path = "./datasets/GPD",
+        category: str | list[str] | None = "p001",
+        **kwargs,
+    ) -> None:
         super().__init__(root=root, category=category, **kwargs)
 
     def prepare_data(self) -> None:
+        """Download and extract the categories that are missing (a clear error without network)."""
         wanted = self.categories or list(GPD_CATEGORIES)
         if all((self.root / name / "train").is_dir() for name in wanted):
             return

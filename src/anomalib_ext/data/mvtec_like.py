@@ -96,7 +96,8 @@ def make_mvtec_like_samples(category_root: str | Path, category: str | None = No
             raise DatasetLayoutError(msg)
     rows = [("train", "good", p, None) for p in _images_in(train_good)]
     if not rows:
-        raise DatasetLayoutError(f"{train_good} holds no images ({', '.join(IMAGE_EXTENSIONS)}).")
+        msg_0 = f"{train_good} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
+        raise DatasetLayoutError(msg_0)
     missing_masks, unmatched = [], []
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         masks = _masks_by_stem(ground_truth / type_dir.name) if type_dir.name != "good" else {}
@@ -112,8 +113,13 @@ def make_mvtec_like_samples(category_root: str | Path, category: str | None = No
         unmatched += [mask for stem, mask in masks.items() if stem not in stems]
     if unmatched:
         shown = ", ".join(str(p) for p in unmatched[:3])
-        logger.warning("%d mask(s) in %s belong to no test image (e.g. %s): check their names (<stem>.png or "
-                       "<stem>_mask.png beside test/<type>/<stem>.*) or remove them.", len(unmatched), ground_truth, shown)
+        logger.warning(
+            "%d mask(s) in %s belong to no test image (e.g. %s): check their names (<stem>.png or "
+            "<stem>_mask.png beside test/<type>/<stem>.*) or remove them.",
+            len(unmatched),
+            ground_truth,
+            shown,
+        )
     n_defects = sum(1 for r in rows if r[1] != "good")
     if 0 < len(missing_masks) < n_defects:
         shown = ", ".join(str(p) for p in missing_masks[:3])
@@ -144,12 +150,14 @@ def _grey_16bit(image: Image.Image) -> np.ndarray | None:
     PIL's own ``convert("RGB"/"L")`` clips such images to 255 (pure white) instead of scaling them.
     """
     if image.mode == "F":
-        raise ValueError("floating-point images are not supported; save it as 8- or 16-bit PNG or TIFF")
+        msg = "floating-point images are not supported; save it as 8- or 16-bit PNG or TIFF"
+        raise ValueError(msg)
     if not (image.mode.startswith("I;16") or image.mode == "I"):
         return None
     values = np.asarray(image, dtype=np.float64)
     if values.size and (values.min() < 0 or values.max() > 65535):
-        raise ValueError(f"pixel values {values.min():.0f}..{values.max():.0f} are outside the 16-bit range")
+        msg = f"pixel values {values.min():.0f}..{values.max():.0f} are outside the 16-bit range"
+        raise ValueError(msg)
     return np.round(values / SIXTEEN_BIT_SCALE).astype(np.uint8)
 
 
@@ -171,8 +179,11 @@ def read_rgb(path: str | Path) -> np.ndarray:
 
 
 def resize_like_preprocessor(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """(B, 3, H, W) float images resized to ``size`` as anomalib's PreProcessor resizes them (torchvision
-    ``Resize``: bilinear, antialiased), so images prepared outside a datamodule score as evaluated ones."""
+    """(B, 3, H, W) float images resized to ``size`` as anomalib's PreProcessor resizes them.
+
+    torchvision ``Resize`` is bilinear and antialiased: images prepared outside a datamodule then score
+    as the evaluated ones.
+    """
     if tuple(images.shape[-2:]) == tuple(size):
         return images
     return torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", antialias=True)
@@ -184,7 +195,11 @@ def read_resized(path: str | Path, size: Sequence[int]) -> torch.Tensor:
     return resize_like_preprocessor(image, size)
 
 
-def read_binary_mask(path: str | Path, image_path: str | Path | None = None, shape: Sequence[int] | None = None) -> np.ndarray:
+def read_binary_mask(
+    path: str | Path,
+    image_path: str | Path | None = None,
+    shape: Sequence[int] | None = None,
+) -> np.ndarray:
     """Read a mask as HxW bool and check it matches the image size.
 
     ``> 127`` of the 8-bit grey value (so JPEG masks work; 16-bit masks are scaled first); a mask
@@ -203,9 +218,16 @@ def read_binary_mask(path: str | Path, image_path: str | Path | None = None, sha
     return mask
 
 
-def _size_mismatch(mask_path, mask_shape, image_path, image_shape) -> str:
-    return (f"Mask {mask_path} is {mask_shape[1]}x{mask_shape[0]} but its image {image_path} is "
-            f"{image_shape[1]}x{image_shape[0]}: resize the mask to the image (nearest neighbour) or fix the pairing.")
+def _size_mismatch(
+    mask_path: str | Path,
+    mask_shape: Sequence[int],
+    image_path: str | Path,
+    image_shape: Sequence[int],
+) -> str:
+    return (
+        f"Mask {mask_path} is {mask_shape[1]}x{mask_shape[0]} but its image {image_path} is "
+        f"{image_shape[1]}x{image_shape[0]}: resize the mask to the image (nearest neighbour) or fix the pairing."
+    )
 
 
 def unusual_shape(name: str | Path, shape: Sequence[int], input_size: Sequence[int] | None = None) -> str | None:
@@ -218,7 +240,9 @@ def unusual_shape(name: str | Path, shape: Sequence[int], input_size: Sequence[i
     change = (width / max(height, 1)) / target
     if max(change, 1 / max(change, 1e-9)) > MAX_ASPECT_CHANGE:
         aspect = f"{input_size[1]}x{input_size[0]}" if input_size else "square"
-        reasons.append(f"far from the model's input aspect ({aspect}), so it is stretched: crop it to the part to inspect")
+        reasons.append(
+            f"far from the model's input aspect ({aspect}), so it is stretched: crop it to the part to inspect",
+        )
     return f"{name} is {width}x{height} pixels: " + "; ".join(reasons) + "." if reasons else None
 
 
@@ -261,8 +285,10 @@ def validate_samples(samples: pd.DataFrame) -> None:
     if problems:
         shown = "\n  ".join(problems[:10])
         more = f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""
-        raise DatasetValidationError(f"{len(problems)} file(s) of the dataset cannot be used (checked before training):"
-                                     f"\n  {shown}{more}")
+        msg = f"{len(problems)} file(s) of the dataset cannot be used (checked before training):\n  {shown}{more}"
+        raise DatasetValidationError(
+            msg,
+        )
 
 
 def defect_area_fraction(mask_path: str) -> float:

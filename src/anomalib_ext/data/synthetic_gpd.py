@@ -26,6 +26,7 @@ COMPLETE_MARKER = "synthetic_gpd.json"
 
 
 def category_names(num_categories: int) -> list[str]:
+    """``p001``, ``p002``, ... as in the public GPD set."""
     return [f"p{i:03d}" for i in range(1, num_categories + 1)]
 
 
@@ -82,30 +83,48 @@ def generate_dataset(
     """Generate SyntheticGPD into ``root`` (atomically) and return it; a complete one is reused."""
     root = Path(root)
     settings = {
-        "num_categories": num_categories, "image_size": image_size, "train_count": train_count,
-        "test_good_count": test_good_count, "defects_per_type": defects_per_type,
-        "defect_types": list(defect_types), "seed": seed,
+        "num_categories": num_categories,
+        "image_size": image_size,
+        "train_count": train_count,
+        "test_good_count": test_good_count,
+        "defects_per_type": defects_per_type,
+        "defect_types": list(defect_types),
+        "seed": seed,
     }
     unknown = set(defect_types) - set(DEFECT_TYPES)
     if unknown:
-        raise ValueError(f"Unknown defect types {sorted(unknown)}; choose from {DEFECT_TYPES}")
+        msg = f"Unknown defect types {sorted(unknown)}; choose from {DEFECT_TYPES}"
+        raise ValueError(msg)
     marker = root / COMPLETE_MARKER
     if marker.is_file() and not overwrite:
-        if json.loads(marker.read_text()) == settings:  # noqa: SIM102
+        if json.loads(marker.read_text()) == settings:
             return root
         existing = json.loads(marker.read_text())
         changed = {k: (existing.get(k), v) for k, v in settings.items() if existing.get(k) != v}
-        msg = f"{root} holds a SyntheticGPD made with other settings {changed} (found, asked); pass overwrite=True or another root."
+        msg = (
+            f"{root} holds a SyntheticGPD made with other settings {changed} (found, asked); pass overwrite=True "
+            "or another root."
+        )
         raise FileExistsError(msg)
     if root.exists() and any(root.iterdir()) and not marker.is_file() and not overwrite:
-        raise FileExistsError(f"{root} exists and is not a SyntheticGPD folder; choose an empty or new folder.")
+        msg_0 = f"{root} exists and is not a SyntheticGPD folder; choose an empty or new folder."
+        raise FileExistsError(msg_0)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     total = num_categories * (train_count + test_good_count + defects_per_type * len(defect_types))
     with tqdm(total=total, desc=f"Generating SyntheticGPD in {root}", unit="img") as progress:
         for index, name in enumerate(category_names(num_categories)):
-            generate_category(partial / name, index, seed, image_size, train_count, test_good_count,
-                              defects_per_type, defect_types, progress)
+            generate_category(
+                partial / name,
+                index,
+                seed,
+                image_size,
+                train_count,
+                test_good_count,
+                defects_per_type,
+                defect_types,
+                progress,
+            )
     (partial / COMPLETE_MARKER).write_text(json.dumps(settings, indent=1))
     if root.exists():
         shutil.rmtree(root)
@@ -118,7 +137,7 @@ def default_root(**settings) -> Path:
     """Cache folder for a set of generator settings (one folder per distinct setting)."""
     from anomalib_ext.paths import cache_dir
 
-    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True).encode(), usedforsecurity=False).hexdigest()[:10]
     return cache_dir() / "synthetic_gpd" / digest
 
 
@@ -149,12 +168,17 @@ class SyntheticGPD(MVTecLikeFolder):
         **kwargs,
     ) -> None:
         self.generator_settings = {
-            "num_categories": num_categories, "image_size": generated_size, "train_count": train_count,
-            "test_good_count": test_good_count, "defects_per_type": defects_per_type, "seed": generator_seed,
+            "num_categories": num_categories,
+            "image_size": generated_size,
+            "train_count": train_count,
+            "test_good_count": test_good_count,
+            "defects_per_type": defects_per_type,
+            "seed": generator_seed,
         }
         super().__init__(root=root or default_root(**self.generator_settings), category=category, **kwargs)
 
     def prepare_data(self) -> None:
+        """Generate the set (seeded, atomic) unless a complete one with the same settings is there."""
         generate_dataset(self.root, **self.generator_settings)
 
     def _setup(self, _stage: str | None = None) -> None:
@@ -176,8 +200,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     root = generate_dataset(
-        args.out, args.num_categories, args.image_size, args.train_count, args.test_good_count,
-        args.defects_per_type, args.defect_types, args.seed, args.overwrite,
+        args.out,
+        args.num_categories,
+        args.image_size,
+        args.train_count,
+        args.test_good_count,
+        args.defects_per_type,
+        args.defect_types,
+        args.seed,
+        args.overwrite,
     )
     print(f"SyntheticGPD written to {root}")
     return 0

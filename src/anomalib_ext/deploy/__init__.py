@@ -12,4 +12,12 @@ from anomalib_ext.deploy.inferencer import Inferencer, Prediction, collect_image
 from anomalib_ext.deploy.outputs import run_inference, write_outputs
 from anomalib_ext.deploy.quantize import quantize_openvino
 
-__all__ = ["Inferencer", "Prediction", "collect_images", "export_openvino", "quantize_openvino", "run_inference", "write_outputs"]
+__all__ = [
+    "Inferencer",
+    "Prediction",
+    "collect_images",
+    "export_openvino",
+    "quantize_openvino",
+    "run_inference",
+    "write_outputs",
+]

@@ -10,14 +10,18 @@ the model.
 from __future__ import annotations
 
 import importlib
-import pickle
+import pickle  # ruff: ignore[suspicious-pickle-import] - only its exception class, to name an unreadable checkpoint
 import warnings
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from anomalib_ext.errors import AnomalibExtError
+
+if TYPE_CHECKING:
+    from anomalib.models.components import AnomalibModule
 
 # Tensors that may differ between a checkpoint and a fresh model: anomalib's Evaluator metric state.
 TOLERATED_PREFIXES = ("evaluator.",)
@@ -40,10 +44,14 @@ def resolve_model_class(name: str) -> type:
         try:
             return getattr(importlib.import_module(module), attr)
         except (ImportError, AttributeError) as error:
-            raise CheckpointError(f"Cannot import model class {name!r} ({error}).") from error
+            msg = f"Cannot import model class {name!r} ({error})."
+            raise CheckpointError(msg) from error
     matches = {n.lower(): n for n in dir(anomalib.models)}
     if name.lower() not in matches:
-        raise CheckpointError(f"Unknown model {name!r}: give an anomalib model name (Patchcore, Padim, AMFS, ...) or a class path.")
+        msg = f"Unknown model {name!r}: give an anomalib model name (Patchcore, Padim, AMFS, ...) or a class path."
+        raise CheckpointError(
+            msg,
+        )
     return getattr(anomalib.models, matches[name.lower()])
 
 
@@ -51,18 +59,32 @@ def read_checkpoint(path: str | Path) -> dict:
     """The checkpoint dictionary; a :class:`CheckpointError` for a missing, truncated or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"Checkpoint {path} does not exist ({HINT}).")
+        msg = f"Checkpoint {path} does not exist ({HINT})."
+        raise CheckpointError(msg)
     try:
         # Our own and anomalib's checkpoints hold pre-/post-processor objects: a full unpickle, as
         # anomalib's own `anomalib export` does. Only load checkpoints you trust.
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, AttributeError,
-            ModuleNotFoundError, OSError) as error:
+    except (
+        RuntimeError,
+        pickle.UnpicklingError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+        AttributeError,
+        ModuleNotFoundError,
+        OSError,
+    ) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path} is not a readable checkpoint (truncated, or not a PyTorch Lightning .ckpt file: "
-                              f"{reason}); {HINT}.") from error
+        msg = (
+            f"{path} is not a readable checkpoint (truncated, or not a PyTorch Lightning .ckpt file: {reason}); {HINT}."
+        )
+        raise CheckpointError(
+            msg,
+        ) from error
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise CheckpointError(f"{path} is not a Lightning checkpoint (it has no state_dict); {HINT}.")
+        msg = f"{path} is not a Lightning checkpoint (it has no state_dict); {HINT}."
+        raise CheckpointError(msg)
     return checkpoint
 
 
@@ -70,7 +92,7 @@ def _tolerated(key: str) -> bool:
     return key.startswith(TOLERATED_PREFIXES)
 
 
-def load_model(name: str, ckpt_path: str | Path):
+def load_model(name: str, ckpt_path: str | Path) -> AnomalibModule:
     """A trained model of class ``name`` from ``ckpt_path``, every model tensor matched strictly."""
     cls = resolve_model_class(name)
     checkpoint = read_checkpoint(ckpt_path)
@@ -82,7 +104,8 @@ def load_model(name: str, ckpt_path: str | Path):
     except (TypeError, RuntimeError, KeyError) as error:
         # TypeError: its hyper-parameters are another class's; RuntimeError: tensor shapes differ.
         first = str(error).strip().splitlines()[0][:200]
-        raise CheckpointError(f"{wrong_class} ({first}): export it with the --model it was trained with.") from error
+        msg = f"{wrong_class} ({first}): export it with the --model it was trained with."
+        raise CheckpointError(msg) from error
     saved = {k for k in checkpoint["state_dict"] if not _tolerated(k)}
     expected = {k for k in model.state_dict() if not _tolerated(k)}
     missing, unexpected = sorted(expected - saved), sorted(saved - expected)
@@ -92,5 +115,6 @@ def load_model(name: str, ckpt_path: str | Path):
             parts.append(f"it lacks {len(missing)} of the model's tensors (e.g. {', '.join(missing[:2])})")
         if unexpected:
             parts.append(f"it has {len(unexpected)} the model does not know (e.g. {', '.join(unexpected[:2])})")
-        raise CheckpointError(f"{wrong_class}: {' and '.join(parts)}. Export it with the --model it was trained with.")
+        msg = f"{wrong_class}: {' and '.join(parts)}. Export it with the --model it was trained with."
+        raise CheckpointError(msg)
     return model

@@ -12,27 +12,34 @@ import functools
 import json
 import logging
 import sys
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anomalib_ext.errors import EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, AnomalibExtError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
 
 logger = logging.getLogger(__name__)
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
+    """Argparse type: an integer of at least 1."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        msg = f"{text!r} is not an integer"
+        raise argparse.ArgumentTypeError(msg) from None
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        msg = f"must be at least 1, got {value}"
+        raise argparse.ArgumentTypeError(msg)
     return value
 
 
-def _command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]
-             ) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[Sequence[str] | None], int]]:
+def _command(
+    name: str,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+) -> Callable[[Callable[[argparse.Namespace], int]], Callable[[Sequence[str] | None], int]]:
     """Parse with ``add_arguments``, run the decorated function with telemetry off, print our errors in one line."""
 
     def decorate(run: Callable[[argparse.Namespace], int]) -> Callable[[Sequence[str] | None], int]:
@@ -58,39 +65,92 @@ def _command(name: str, add_arguments: Callable[[argparse.ArgumentParser], None]
 def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="model class name (AMFS, Patchcore, Padim, ...) or class path")
     parser.add_argument("--ckpt_path", "--ckpt-path", dest="ckpt_path", required=True)
-    parser.add_argument("--output", required=True, type=Path, help="export folder (model.xml, model.bin, metadata.json)")
-    parser.add_argument("--input-size", type=positive_int, nargs=2, metavar=("H", "W"), help="default: the model's pre-processor size")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty folder that is not an export (only the export's files are written; nothing is removed)")
+    parser.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        help="export folder (model.xml, model.bin, metadata.json)",
+    )
+    parser.add_argument(
+        "--input-size",
+        type=positive_int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="default: the model's pre-processor size",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that is not an export (only the export's files are written; "
+        "nothing is removed)",
+    )
 
 
 def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
     from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES
 
     parser.add_argument("--model-dir", required=True, type=Path, help="the FP32 export folder")
-    parser.add_argument("--calibration", required=True, help="normal training images: folder, glob or file (e.g. ROOT/CAT/train/good)")
+    parser.add_argument(
+        "--calibration",
+        required=True,
+        help="normal training images: folder, glob or file (e.g. ROOT/CAT/train/good)",
+    )
     parser.add_argument("--output", required=True, type=Path, help="the INT8 export folder (not the FP32 one)")
-    parser.add_argument("--subset-size", type=positive_int, default=300,
-                        help=f"at most this many calibration images (default 300; below {MIN_CALIBRATION_IMAGES} a warning)")
-    parser.add_argument("--scope", choices=["backbone", "all"], default="backbone",
-                        help="backbone: only the feature extractor's convolutions (default); all: NNCF's choice over the whole graph")
-    parser.add_argument("--fast-bias-correction", action="store_true", help="NNCF's fast bias correction (quicker; broke AMFS in our tests)")
-    parser.add_argument("--eval-data", type=Path, help="an MVTec-like category folder: compare FP32 and INT8 accuracy and latency")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty folder that is not an export (only the export's files are written; nothing is removed)")
+    parser.add_argument(
+        "--subset-size",
+        type=positive_int,
+        default=300,
+        help=f"at most this many calibration images (default 300; below {MIN_CALIBRATION_IMAGES} a warning)",
+    )
+    parser.add_argument(
+        "--scope",
+        choices=["backbone", "all"],
+        default="backbone",
+        help="backbone: only the feature extractor's convolutions (default); all: NNCF's choice over the whole graph",
+    )
+    parser.add_argument(
+        "--fast-bias-correction",
+        action="store_true",
+        help="NNCF's fast bias correction (quicker; broke AMFS in our tests)",
+    )
+    parser.add_argument(
+        "--eval-data",
+        type=Path,
+        help="an MVTec-like category folder: compare FP32 and INT8 accuracy and latency",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into a non-empty folder that is not an export (only the export's files are written; "
+        "nothing is removed)",
+    )
 
 
 def _infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-dir", required=True, help="export folder (model.xml + metadata.json) or its .xml")
-    parser.add_argument("--input", required=True, nargs="+", help="image files, folders or globs (output folders are skipped)")
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        help="image files, folders or globs (output folders are skipped)",
+    )
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default="CPU")
-    parser.add_argument("--threads", type=positive_int, default=None, help="OpenVINO inference threads (default: all cores)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        help="OpenVINO inference threads (default: all cores)",
+    )
     parser.add_argument("--timing", action="store_true", help="add per-image time (ms) to scores.csv")
-    parser.add_argument("--precision", choices=["f32", "bf16", "auto"], default="f32",
-                        help="f32: the scores the model was evaluated with (default); auto/bf16: OpenVINO's bf16 on CPUs "
-                             "with AMX/AVX512-BF16, faster there but scores move by a few hundredths")
+    parser.add_argument(
+        "--precision",
+        choices=["f32", "bf16", "auto"],
+        default="f32",
+        help="f32: the scores the model was evaluated with (default); auto/bf16: OpenVINO's bf16 on CPUs "
+        "with AMX/AVX512-BF16, faster there but scores move by a few hundredths",
+    )
     parser.add_argument("--allow-errors", action="store_true", help="exit 0 even when some images could not be used")
 
 
@@ -124,12 +184,19 @@ def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict
 @_command("quantize", _quantize_arguments)
 def quantize_main(args: argparse.Namespace) -> int:
     """Quantise an FP32 export to INT8 with NNCF; with --eval-data, report the accuracy change and speed-up."""
-    from anomalib_ext.deploy.folders import write_bytes_atomic
-    from anomalib_ext.export_format import read_metadata
     from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES, quantize_openvino
+    from anomalib_ext.export_format import read_metadata
+    from anomalib_ext.files import write_bytes_atomic
 
-    xml = quantize_openvino(args.model_dir, args.calibration, args.output, args.subset_size, args.scope,
-                            args.fast_bias_correction, overwrite=args.overwrite)
+    xml = quantize_openvino(
+        args.model_dir,
+        args.calibration,
+        args.output,
+        args.subset_size,
+        args.scope,
+        args.fast_bias_correction,
+        overwrite=args.overwrite,
+    )
     used = read_metadata(xml.parent)["quantization"]["calibration_images"]
     low = f" (fewer than the {MIN_CALIBRATION_IMAGES} recommended)" if used < MIN_CALIBRATION_IMAGES else ""
     print(f"Quantised {xml} with {used} calibration image(s){low}")
@@ -145,14 +212,27 @@ def infer_main(args: argparse.Namespace) -> int:
     """Run an exported model on a file, folder or glob; write maps, masks, overlays and scores.csv."""
     from anomalib_ext.deploy.outputs import run_inference
 
-    results = run_inference(args.model_dir, args.input, args.output, args.device, args.batch_size, args.timing, args.threads,
-                            args.precision)
+    results = run_inference(
+        args.model_dir,
+        args.input,
+        args.output,
+        args.device,
+        args.batch_size,
+        args.timing,
+        args.threads,
+        args.precision,
+    )
     failed = [r for r in results if r.error]
-    print(f"{len(results) - len(failed)} of {len(results)} images -> {args.output}/scores.csv, maps/, masks/, overlays/")
+    print(
+        f"{len(results) - len(failed)} of {len(results)} images -> {args.output}/scores.csv, maps/, masks/, overlays/",
+    )
     for result in failed:
         print(f"ERROR {result.path}: {result.error}", file=sys.stderr)
     if failed and not args.allow_errors:
-        print(f"{len(failed)} image(s) failed (status 'error' in scores.csv); exit {EXIT_SOME_FAILED} "
-              "(--allow-errors to exit 0).", file=sys.stderr)
+        print(
+            f"{len(failed)} image(s) failed (status 'error' in scores.csv); exit {EXIT_SOME_FAILED} "
+            "(--allow-errors to exit 0).",
+            file=sys.stderr,
+        )
         return EXIT_SOME_FAILED
     return EXIT_OK

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -14,15 +12,28 @@ import torch
 from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_binary_mask
 from anomalib_ext.deploy.inferencer import Inferencer
 
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from pathlib import Path
 
-def evaluate_openvino(model_dir: str | Path, test_set: str | Path | pd.DataFrame, batch_size: int = 8, progress: bool = True,
-                      num_threads: int | None = None) -> dict[str, float]:
+
+def evaluate_openvino(
+    model_dir: str | Path,
+    test_set: str | Path | pd.DataFrame,
+    batch_size: int = 8,
+    progress: bool = True,
+    num_threads: int | None = None,
+) -> dict[str, float]:
     """``image_AUROC`` (and ``pixel_AUROC`` when the set has masks) of the IR at ``model_dir``.
 
     Args:
+        model_dir: an export folder (FP32 or INT8).
         test_set: an MVTec-like category folder (its ``test`` split), or a samples table with anomalib's
             columns ``image_path, mask_path, label_index`` (e.g. ``datamodule.test_data.samples``, which
             honours subsets such as ``defect_types=["letter"]``).
+        batch_size: images per IR call.
+        progress: show a progress bar.
+        num_threads: OpenVINO threads (``None``: all cores).
 
     Masks are resized (nearest) to the model's input size, the frame the maps come back in — the same
     frame anomalib's evaluator scores the torch model in.
@@ -38,7 +49,8 @@ def evaluate_openvino(model_dir: str | Path, test_set: str | Path | pd.DataFrame
     inferencer = Inferencer(model_dir, num_threads=num_threads)
     predictions, errors = inferencer.predict_paths(test.image_path.tolist(), batch_size=batch_size, progress=progress)
     if errors:
-        raise RuntimeError(f"{len(errors)} test images could not be scored, e.g. {errors[0]}")
+        msg = f"{len(errors)} test images could not be scored, e.g. {errors[0]}"
+        raise RuntimeError(msg)
     scores = torch.tensor([p.score for p in predictions])
     labels = torch.tensor(test.label_index.to_numpy())
     result = {"image_AUROC": float(binary_auroc(scores, labels))}
@@ -48,7 +60,14 @@ def evaluate_openvino(model_dir: str | Path, test_set: str | Path | pd.DataFrame
         for prediction, mask_path in zip(predictions, test.mask_path, strict=True):
             mask = np.zeros((height, width), bool)
             if mask_path:
-                mask = cv2.resize(read_binary_mask(mask_path).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
+                mask = (
+                    cv2.resize(
+                        read_binary_mask(mask_path).astype(np.uint8),
+                        (width, height),
+                        interpolation=cv2.INTER_NEAREST,
+                    )
+                    > 0
+                )
             maps.append(torch.from_numpy(prediction.anomaly_map).ravel())
             masks.append(torch.from_numpy(mask).ravel())
         result["pixel_AUROC"] = float(binary_auroc(torch.cat(maps), torch.cat(masks).long()))
@@ -56,11 +75,17 @@ def evaluate_openvino(model_dir: str | Path, test_set: str | Path | pd.DataFrame
 
 
 def compare_exports(
-    folders: dict[str, str | Path], test_set: str | Path | pd.DataFrame, images: Sequence[np.ndarray], *,
-    accuracy: bool = True, timing: bool = True, repeats: int = 20,
+    folders: dict[str, str | Path],
+    test_set: str | Path | pd.DataFrame,
+    images: Sequence[np.ndarray],
+    *,
+    accuracy: bool = True,
+    timing: bool = True,
+    repeats: int = 20,
 ) -> dict[str, Any]:
-    """Accuracy (:func:`evaluate_openvino`) and latencies (:func:`~anomalib_ext.deploy.timing.compare_openvino`,
-    interleaved) of several exports of one model, e.g. ``{"FP32": ..., "INT8": ...}``.
+    """Accuracy and interleaved latencies of several exports of one model, e.g. ``{"FP32": ..., "INT8": ...}``.
+
+    See :func:`evaluate_openvino` and :func:`~anomalib_ext.deploy.timing.compare_openvino`.
 
     Returns ``{name: {image_AUROC, pixel_AUROC, latency_ms_b1, e2e_ms, images_per_s_b8, openvino_precision}}``
     and, when both ``FP32`` and ``INT8`` are given, the ``image_AUROC_change`` and speed-ups of INT8.

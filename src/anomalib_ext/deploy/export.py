@@ -14,7 +14,6 @@ writes what it needs (alignment: the reference image) into the export folder and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +23,8 @@ from anomalib_ext.deploy.folders import staged_folder
 from anomalib_ext.export_format import OUTPUT_NAMES, model_input_size, write_export_metadata
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import openvino as ov
 
 logger = logging.getLogger(__name__)
@@ -39,25 +40,38 @@ def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]) -> 
     # tracing touches; Lightning's own to_torchscript sets this flag for the same reason.
     scripting = getattr(model, "_jit_is_scripting", None)
     if scripting is not None:
-        model._jit_is_scripting = True  # noqa: SLF001
+        model._jit_is_scripting = True  # ruff: ignore[private-member-access]
     try:
         with torch.no_grad():
-            ov_model = ov.convert_model(model, example_input=torch.rand(1, 3, height, width), input=[(-1, 3, height, width)])
+            ov_model = ov.convert_model(
+                model,
+                example_input=torch.rand(1, 3, height, width),
+                input=[(-1, 3, height, width)],
+            )
     finally:
         if scripting is not None:
-            model._jit_is_scripting = scripting  # noqa: SLF001
+            model._jit_is_scripting = scripting  # ruff: ignore[private-member-access]
     if len(ov_model.outputs) != len(OUTPUT_NAMES):
-        raise RuntimeError(f"{type(model).__name__} exported {len(ov_model.outputs)} outputs; expected {OUTPUT_NAMES}.")
+        msg = f"{type(model).__name__} exported {len(ov_model.outputs)} outputs; expected {OUTPUT_NAMES}."
+        raise RuntimeError(msg)
     for output, name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
         output.get_tensor().set_names({name})
     batch = ov_model.inputs[0].get_partial_shape()[0]
     if not batch.is_dynamic:
-        raise RuntimeError(f"{type(model).__name__}'s export fixed the batch at {batch}; its forward branches on the batch size.")
+        msg = f"{type(model).__name__}'s export fixed the batch at {batch}; its forward branches on the batch size."
+        raise RuntimeError(
+            msg,
+        )
     return ov_model
 
 
-def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tuple[int, int] | None = None,
-                    overwrite: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+def export_openvino(
+    model: torch.nn.Module,
+    output: str | Path,
+    input_size: tuple[int, int] | None = None,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+) -> Path:
     """Write ``model.xml/.bin`` (FP32, dynamic batch), host-step files and ``metadata.json`` to ``output``.
 
     The folder is written in a temporary sibling and moved into place at the end, so a failed export
@@ -71,7 +85,8 @@ def export_openvino(model: torch.nn.Module, output: str | Path, input_size: tupl
     output = Path(output)
     input_size = tuple(input_size) if input_size else model_input_size(model)
     if input_size is None:
-        raise ValueError(f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W).")
+        msg = f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W)."
+        raise ValueError(msg)
     with staged_folder(output, inputs, overwrite) as staging:
         ov.save_model(convert_to_openvino(model, input_size), staging / "model.xml", compress_to_fp16=False)
         write_export_metadata(model, staging, input_size)  # host-step files (AMFS: reference) + metadata.json

@@ -15,12 +15,16 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from anomalib_ext.export_format import METADATA_FILE
-from anomalib_ext.files import OutputFolderError, write_bytes_atomic
+from anomalib_ext.files import OutputFolderError
+
+if TYPE_CHECKING:
+    from collections.abc import Generator, Iterable
+    from typing import IO
 
 # Files every export of ours may hold besides the ones its metadata lists (older exports list none).
 EXPORT_FILES = frozenset({"model.xml", "model.bin", METADATA_FILE, "quantization_report.json"})
@@ -57,23 +61,40 @@ def check_export_target(output: str | Path, inputs: Iterable[str | Path] = (), o
     """
     target = Path(output).expanduser().resolve()
     if target.exists() and not target.is_dir():
-        raise OutputFolderError(f"--output {output} is a file; give a folder for the export (it is created if missing).")
+        msg = f"--output {output} is a file; give a folder for the export (it is created if missing)."
+        raise OutputFolderError(
+            msg,
+        )
     if _is_same_or_parent(target, Path.cwd().resolve()):
-        raise OutputFolderError(f"--output {output} is the working folder or one of its parents; "
-                                "give a new sub-folder, e.g. --output deploy/model.")
+        msg = (
+            f"--output {output} is the working folder or one of its parents; "
+            "give a new sub-folder, e.g. --output deploy/model."
+        )
+        raise OutputFolderError(
+            msg,
+        )
     for item in inputs:
         source = Path(item).expanduser().resolve()
         if _is_same_or_parent(target, source):
-            raise OutputFolderError(f"--output {output} holds the input {item}; write the export to another folder.")
+            msg = f"--output {output} holds the input {item}; write the export to another folder."
+            raise OutputFolderError(msg)
     if target.is_dir() and any(target.iterdir()) and _previous_export_files(target) is None and not overwrite:
-        raise OutputFolderError(
+        msg = (
             f"--output {output} is not empty and is not an anomalib-ext export. Choose a new folder, or pass "
-            "--overwrite to write the export files into it (nothing else in it is removed).")
+            "--overwrite to write the export files into it (nothing else in it is removed)."
+        )
+        raise OutputFolderError(
+            msg,
+        )
     return target
 
 
 @contextmanager
-def staged_folder(output: str | Path, inputs: Iterable[str | Path] = (), overwrite: bool = False) -> Iterator[Path]:
+def staged_folder(
+    output: str | Path,
+    inputs: Iterable[str | Path] = (),
+    overwrite: bool = False,
+) -> Generator[Path, None, None]:
     """A temporary sibling of ``output`` to write an export into, moved into place when the block succeeds.
 
     On failure the staging folder is removed and ``output`` is untouched. On success a new ``output``
@@ -84,8 +105,8 @@ def staged_folder(output: str | Path, inputs: Iterable[str | Path] = (), overwri
     target = check_export_target(output, inputs, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700; an export is an ordinary output
+    try:  # ruff: ignore[too-many-statements-in-try-clause] - any failure on the way must remove the staging folder
+        Path(staging).chmod(0o777 & ~current_umask())  # mkdtemp makes 0700; an export is an ordinary output
         yield staging
         if not target.exists():
             staging.rename(target)
@@ -95,7 +116,7 @@ def staged_folder(output: str | Path, inputs: Iterable[str | Path] = (), overwri
             (target / name).unlink(missing_ok=True)
         new_files = sorted(staging.iterdir(), key=lambda p: p.name == METADATA_FILE)
         for path in new_files:
-            os.replace(path, target / path.name)
+            Path(path).replace(target / path.name)
         staging.rmdir()
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -116,26 +137,32 @@ class OutputLock:
         self._file = None
 
     def __enter__(self) -> OutputLock:
-        self._file = open(self.path, "a+")  # noqa: SIM115 - held open for the lock's lifetime
+        """Take the lock, or raise :class:`OutputFolderError` when another run holds it."""
+        self._file = Path(self.path).open("a+", encoding="utf-8")
         try:
             _lock_exclusive(self._file)
         except OSError:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise OutputFolderError(f"{self.path.parent} is being written by {holder}. Wait for that run to end, "
-                                    "or give another --output.") from None
+            msg = (
+                f"{self.path.parent} is being written by {holder}. Wait for that run to end, or give another --output."
+            )
+            raise OutputFolderError(
+                msg,
+            ) from None
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"anomalib-ext (pid {os.getpid()})")
         self._file.flush()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
+        """Release the lock."""
         self._file.close()  # closing releases the lock
 
 
-def _lock_exclusive(file) -> None:
+def _lock_exclusive(file: IO[str]) -> None:
     try:
         import fcntl
     except ImportError:  # Windows

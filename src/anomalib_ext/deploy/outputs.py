@@ -11,16 +11,21 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from anomalib_ext.data.mvtec_like import read_rgb
-from anomalib_ext.deploy.folders import OutputFolderError, OutputLock, write_bytes_atomic
-from anomalib_ext.deploy.inferencer import Prediction
+from anomalib_ext.deploy.folders import OutputLock
+from anomalib_ext.files import OutputFolderError, write_bytes_atomic
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from anomalib_ext.deploy.inferencer import Prediction
 
 SUBFOLDERS = ("maps", "masks", "overlays")
 SCORES_FILE = "scores.csv"
@@ -41,7 +46,11 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, mask: np.ndarray) -> np.
     heat = cv2.resize(np.clip(anomaly_map, 0, 1).astype(np.float32), (w, h))
     heat = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
     blended = (0.6 * image + 0.4 * heat).astype(np.uint8)
-    contours, _ = cv2.findContours(cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    contours, _ = cv2.findContours(
+        cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST),
+        cv2.RETR_EXTERNAL,
+        cv2.CHAIN_APPROX_SIMPLE,
+    )
     return cv2.drawContours(np.ascontiguousarray(blended), contours, -1, (255, 0, 0), 2)
 
 
@@ -54,22 +63,26 @@ def prepare_output_folder(output: str | Path) -> Path:
     output = Path(output)
     for folder in (output, *(output / sub for sub in SUBFOLDERS)):
         if folder.exists() and not folder.is_dir():
-            raise OutputFolderError(f"{folder} is a file, not a folder: give another --output or move the file away.")
+            msg = f"{folder} is a file, not a folder: give another --output or move the file away."
+            raise OutputFolderError(msg)
         try:
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".write-test-{os.getpid()}"
             probe.write_bytes(b"x")  # a byte, not an empty file: a full disk or quota refuses only real data
             probe.unlink()
         except OSError as error:
-            raise OutputFolderError(f"Cannot write to {folder}: {error.strerror or error}. Fix its permissions "
-                                    "or give another --output.") from error
+            msg = f"Cannot write to {folder}: {error.strerror or error}. Fix its permissions or give another --output."
+            raise OutputFolderError(
+                msg,
+            ) from error
     return output
 
 
 def _encode(path: Path, image: np.ndarray) -> bytes:
     ok, buffer = cv2.imencode(path.suffix, image)
     if not ok:
-        raise OutputFolderError(f"Could not encode {path} ({image.shape}, {image.dtype}).")
+        msg = f"Could not encode {path} ({image.shape}, {image.dtype})."
+        raise OutputFolderError(msg)
     return buffer.tobytes()
 
 
@@ -79,7 +92,11 @@ def write_prediction(prediction: Prediction, output: Path, index: int) -> None:
     files = {
         output / "maps" / f"{stem}.png": (np.clip(prediction.anomaly_map, 0, 1) * 65535).astype(np.uint16),
         output / "masks" / f"{stem}.png": prediction.mask.astype(np.uint8) * 255,
-        output / "overlays" / f"{stem}.jpg": overlay(read_rgb(prediction.path), prediction.anomaly_map, prediction.mask)[..., ::-1],
+        output / "overlays" / f"{stem}.jpg": overlay(
+            read_rgb(prediction.path),
+            prediction.anomaly_map,
+            prediction.mask,
+        )[..., ::-1],
     }
     for path, image in files.items():
         write_bytes_atomic(path, _encode(path, image))
@@ -110,8 +127,16 @@ def write_outputs(predictions: Iterable[Prediction], output: Path, timing: bool 
     return output / SCORES_FILE
 
 
-def run_inference(model_dir: str | Path, inputs, output: str | Path, device: str = "CPU", batch_size: int = 8,
-                  timing: bool = False, num_threads: int | None = None, precision: str = "f32") -> list[InferenceResult]:
+def run_inference(
+    model_dir: str | Path,
+    inputs: str | Path | Sequence[str | Path],
+    output: str | Path,
+    device: str = "CPU",
+    batch_size: int = 8,
+    timing: bool = False,
+    num_threads: int | None = None,
+    precision: str = "f32",
+) -> list[InferenceResult]:
     """Predict every image of files/folders/globs and write the outputs batch by batch.
 
     The model and the inputs are checked first (nothing is created when they fail), then the output
@@ -123,7 +148,8 @@ def run_inference(model_dir: str | Path, inputs, output: str | Path, device: str
     from anomalib_ext.deploy.inferencer import Inferencer, collect_images
 
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        msg = f"batch_size must be at least 1, got {batch_size}"
+        raise ValueError(msg)
     inferencer = Inferencer(model_dir, device, num_threads, precision)
     paths = collect_images(inputs, exclude=[output])
     output = prepare_output_folder(output)

@@ -16,14 +16,21 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from anomalib_ext.data.mvtec_like import read_rgb
-from anomalib_ext.deploy.inferencer import Inferencer, collect_images, read_ir, resolve_model_dir
 from anomalib_ext.deploy.folders import EXPORT_FILES, check_export_target, staged_folder
-from anomalib_ext.export_format import read_metadata, write_metadata
+from anomalib_ext.deploy.inferencer import Inferencer, collect_images, read_ir, resolve_model_dir
 from anomalib_ext.errors import AnomalibExtError
+from anomalib_ext.export_format import read_metadata, write_metadata
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import nncf
+    import openvino as ov
 
 logger = logging.getLogger(__name__)
 
@@ -41,22 +48,27 @@ class AlreadyQuantizedError(AnomalibExtError, ValueError):
     """The export given to quantise is not FP32."""
 
 
-def calibration_images(calibration, model_dir) -> list[Path]:
-    hint = ("INT8 calibration needs the model's normal training images, e.g. --calibration "
-            "ROOT/CATEGORY/train/good (a folder, a glob, or files).")
+def calibration_images(calibration: str | Path | Sequence[str | Path] | None, model_dir: str | Path) -> list[Path]:
+    """The calibration image files, or a :class:`CalibrationDataError` saying what to give."""
+    hint = (
+        "INT8 calibration needs the model's normal training images, e.g. --calibration "
+        "ROOT/CATEGORY/train/good (a folder, a glob, or files)."
+    )
     if calibration is None:
-        raise CalibrationDataError(f"No calibration data given for {model_dir}. {hint}")
+        msg = f"No calibration data given for {model_dir}. {hint}"
+        raise CalibrationDataError(msg)
     try:
         return collect_images(calibration)
     except FileNotFoundError as error:
-        raise CalibrationDataError(f"{error} {hint}") from error
+        msg = f"{error} {hint}"
+        raise CalibrationDataError(msg) from error
 
 
 CONVOLUTIONS = {"Convolution", "GroupConvolution"}
 SCOPES = ("backbone", "all")
 
 
-def backbone_ignored_scope(ov_model):
+def backbone_ignored_scope(ov_model: ov.Model) -> nncf.IgnoredScope:
     """``nncf.IgnoredScope`` of every node but the convolutions upstream of the first MatMul."""
     import nncf
 
@@ -70,14 +82,27 @@ def backbone_ignored_scope(ov_model):
         elif op.get_type_name() in CONVOLUTIONS:
             keep.add(name)
     if not keep:
-        raise ValueError("No convolutions before the distance computation: nothing for backbone-scope INT8 to quantise.")
-    ignored = [op.get_friendly_name() for op in ov_model.get_ordered_ops()
-               if op.get_friendly_name() not in keep and op.get_type_name() not in {"Parameter", "Constant", "Result"}]
+        msg = "No convolutions before the distance computation: nothing for backbone-scope INT8 to quantise."
+        raise ValueError(
+            msg,
+        )
+    ignored = [
+        op.get_friendly_name()
+        for op in ov_model.get_ordered_ops()
+        if op.get_friendly_name() not in keep and op.get_type_name() not in {"Parameter", "Constant", "Result"}
+    ]
     return nncf.IgnoredScope(names=ignored, validate=False)
 
 
-def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, subset_size: int = 300,
-                      scope: str = "backbone", fast_bias_correction: bool = False, overwrite: bool = False) -> Path:
+def quantize_openvino(
+    model_dir: str | Path,
+    calibration: str | Path | Sequence[str | Path],
+    output: str | Path,
+    subset_size: int = 300,
+    scope: str = "backbone",
+    fast_bias_correction: bool = False,
+    overwrite: bool = False,
+) -> Path:
     """Write an INT8 copy of the export at ``model_dir`` to ``output`` (model.xml/.bin + host files + metadata).
 
     Args:
@@ -85,25 +110,32 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
         calibration: normal images (folder, glob, file or list); at most ``subset_size`` are used.
         output: the INT8 export folder (written atomically; never the FP32 folder or a folder holding it;
             a non-empty folder that is not an export only with ``overwrite``).
+        subset_size: at most this many calibration images (a seeded spread over all of them).
         scope: ``backbone`` (the feature extractor's convolutions; default) or ``all`` (NNCF's default
             choice over the whole graph; see the module docstring for why that fails on our models).
         fast_bias_correction: NNCF's fast bias correction instead of the full one. Off by default: on AMFS
             (lite2, 256 px, tire) it made every score the same (the full one: scores correlate 0.977
             with FP32, maps 0.996); it saves calibration time only.
+        overwrite: write into a non-empty folder that is not an export (only the export's files).
     """
     import nncf
     import openvino as ov
 
     nncf.set_log_level(logging.WARNING)  # NNCF logs every node it leaves alone at INFO
     if scope not in SCOPES:
-        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        msg = f"scope must be one of {SCOPES}, got {scope!r}"
+        raise ValueError(msg)
     if subset_size < 1:
-        raise ValueError(f"subset_size must be at least 1, got {subset_size}")
+        msg = f"subset_size must be at least 1, got {subset_size}"
+        raise ValueError(msg)
     folder, xml = resolve_model_dir(model_dir)
     check_export_target(output, [folder], overwrite)  # before the calibration, which takes minutes
     metadata = read_metadata(folder)
     if metadata["precision"] != "FP32":
-        raise AlreadyQuantizedError(f"{folder} is already {metadata['precision']}: quantise the FP32 export (--model-dir).")
+        msg = f"{folder} is already {metadata['precision']}: quantise the FP32 export (--model-dir)."
+        raise AlreadyQuantizedError(
+            msg,
+        )
     paths = calibration_images(calibration, folder)
     rng = np.random.default_rng(0)
     if len(paths) > subset_size:  # a seeded spread over the whole folder, not its first files
@@ -112,15 +144,20 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
     for path in paths:  # unreadable calibration files are named, not silently dropped by NNCF
         try:
             read_rgb(path)
+        except OSError as error:  # ruff: ignore[try-except-in-loop] - each file on its own
+            logger.error("Calibration: skipped %s", error)  # ruff: ignore[error-instead-of-exception] - one line per file, no traceback
+        else:
             usable.append(path)
-        except OSError as error:
-            logger.error("Calibration: skipped %s", error)
     if not usable:
-        raise CalibrationDataError(f"None of the {len(paths)} calibration images at {calibration} could be read.")
+        msg = f"None of the {len(paths)} calibration images at {calibration} could be read."
+        raise CalibrationDataError(msg)
     if len(usable) < MIN_CALIBRATION_IMAGES:
-        logger.warning("INT8 calibration on %d image(s) only (at least %d recommended): activation ranges from so few "
-                       "images are unreliable and scores may shift. Give more normal training images with --calibration.",
-                       len(usable), MIN_CALIBRATION_IMAGES)
+        logger.warning(
+            "INT8 calibration on %d image(s) only (at least %d recommended): activation ranges from so few "
+            "images are unreliable and scores may shift. Give more normal training images with --calibration.",
+            len(usable),
+            MIN_CALIBRATION_IMAGES,
+        )
     host = Inferencer(folder)
 
     def transform(path: Path) -> np.ndarray:
@@ -128,8 +165,13 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
 
     fp32_model = read_ir(ov.Core(), xml)
     ignored = backbone_ignored_scope(fp32_model) if scope == "backbone" else None
-    quantized = nncf.quantize(fp32_model, nncf.Dataset(usable, transform), subset_size=len(usable),
-                              ignored_scope=ignored, fast_bias_correction=fast_bias_correction)
+    quantized = nncf.quantize(
+        fp32_model,
+        nncf.Dataset(usable, transform),
+        subset_size=len(usable),
+        ignored_scope=ignored,
+        fast_bias_correction=fast_bias_correction,
+    )
     output = Path(output)
     with staged_folder(output, [folder], overwrite) as staging:
         ov.save_model(quantized, staging / "model.xml", compress_to_fp16=False)
@@ -138,8 +180,15 @@ def quantize_openvino(model_dir: str | Path, calibration, output: str | Path, su
         listed = set(metadata.get("files", [])) or {p.name for p in folder.iterdir() if p.is_file()}
         for name in sorted(listed - EXPORT_FILES):
             shutil.copy2(folder / name, staging / name)
-        metadata.update(precision="INT8", quantization={
-            "tool": f"nncf {nncf.__version__}", "calibration_images": len(usable),
-            "scope": scope, "fast_bias_correction": fast_bias_correction, "min_recommended_images": MIN_CALIBRATION_IMAGES})
+        metadata.update(
+            precision="INT8",
+            quantization={
+                "tool": f"nncf {nncf.__version__}",
+                "calibration_images": len(usable),
+                "scope": scope,
+                "fast_bias_correction": fast_bias_correction,
+                "min_recommended_images": MIN_CALIBRATION_IMAGES,
+            },
+        )
         write_metadata(staging, metadata)
     return output / "model.xml"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from pathlib import Path
+
 
 def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall time of ``fn`` in ms over ``repeats`` calls after ``warmup`` calls."""
     for _ in range(warmup):
         fn()
     times = []
@@ -21,10 +25,15 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
     return statistics.median(times)
 
 
-def compare_openvino(folders: dict[str, str | Path], images: Sequence[np.ndarray], repeats: int = 20,
-                     num_threads: int | None = None) -> dict[str, dict[str, float | str]]:
-    """Latencies of several exports (e.g. FP32 and INT8) measured **interleaved**, so that a slow spell of
-    a shared machine hits all of them alike (their ratio is what matters).
+def compare_openvino(
+    folders: dict[str, str | Path],
+    images: Sequence[np.ndarray],
+    repeats: int = 20,
+    num_threads: int | None = None,
+) -> dict[str, dict[str, float | str]]:
+    """Latencies of several exports (e.g. FP32 and INT8) measured **interleaved**.
+
+    A slow spell of a shared machine then hits all of them alike (their ratio is what matters).
 
     Per export: ``latency_ms_b1`` (IR call, batch 1), ``e2e_ms`` (one RGB image through host steps + IR +
     warp back), ``images_per_s_b8`` (IR, batch 8), ``openvino_precision``. ``images``: at least 8 RGB
@@ -33,16 +42,17 @@ def compare_openvino(folders: dict[str, str | Path], images: Sequence[np.ndarray
     from anomalib_ext.deploy.inferencer import Inferencer
 
     if not images:
-        raise ValueError("compare_openvino needs at least one image")
+        msg = "compare_openvino needs at least one image"
+        raise ValueError(msg)
     images = (list(images) * 8)[:8]  # batch 8 from fewer images: repeat them
     inferencers = {name: Inferencer(folder, num_threads=num_threads) for name, folder in folders.items()}
     batches = {name: np.stack([inf.prepare(image)[0] for image in images[:8]]) for name, inf in inferencers.items()}
     tasks = {}
     for name, inf in inferencers.items():
         batch = batches[name]
-        tasks[(name, "latency_ms_b1")] = lambda inf=inf, batch=batch: inf.infer(batch[:1])
-        tasks[(name, "e2e_ms")] = lambda inf=inf: inf.predict_arrays(images[:1])
-        tasks[(name, "batch8_ms")] = lambda inf=inf, batch=batch: inf.infer(batch)
+        tasks[name, "latency_ms_b1"] = lambda inf=inf, batch=batch: inf.infer(batch[:1])
+        tasks[name, "e2e_ms"] = lambda inf=inf: inf.predict_arrays(images[:1])
+        tasks[name, "batch8_ms"] = lambda inf=inf, batch=batch: inf.infer(batch)
     times: dict[tuple[str, str], list[float]] = {key: [] for key in tasks}
 
     def interleaved(keys: list[tuple[str, str]], rounds: int) -> None:
@@ -57,8 +67,11 @@ def compare_openvino(folders: dict[str, str | Path], images: Sequence[np.ndarray
     interleaved([key for key in tasks if key[1] == "batch8_ms"], max(3, repeats // 8))  # 8x the work each
     result = {}
     for name, inf in inferencers.items():
-        batch8 = statistics.median(times[(name, "batch8_ms")])
-        result[name] = {"latency_ms_b1": statistics.median(times[(name, "latency_ms_b1")]),
-                        "e2e_ms": statistics.median(times[(name, "e2e_ms")]), "images_per_s_b8": 8000 / batch8,
-                        "openvino_precision": inf.inference_precision.replace("<Type: '", "").replace("'>", "")}
+        batch8 = statistics.median(times[name, "batch8_ms"])
+        result[name] = {
+            "latency_ms_b1": statistics.median(times[name, "latency_ms_b1"]),
+            "e2e_ms": statistics.median(times[name, "e2e_ms"]),
+            "images_per_s_b8": 8000 / batch8,
+            "openvino_precision": inf.inference_precision.replace("<Type: '", "").replace("'>", ""),
+        }
     return result

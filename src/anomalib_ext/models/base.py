@@ -28,12 +28,14 @@ if TYPE_CHECKING:
 
 
 class HostStepsMixin:
-    """Host steps, eval steps and export routes for an ``AnomalibModule`` whose ``self.model`` returns
-    ``InferenceBatch(pred_score, anomaly_map)`` on prepared images."""
+    """Host steps, eval steps and export routes for an ``AnomalibModule``.
+
+    Its ``self.model`` returns ``InferenceBatch(pred_score, anomaly_map)`` on prepared images.
+    """
 
     model: torch.nn.Module
 
-    def host_steps(self) -> HostPipeline:
+    def host_steps(self) -> HostPipeline:  # ruff: ignore[no-self-use] - models override it
         """The steps around the network (none by default)."""
         return HostPipeline()
 
@@ -64,14 +66,14 @@ class HostStepsMixin:
         del args, kwargs
         return batch.update(**self.predict_raw(batch.image))
 
-    def to_openvino(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
-        """anomalib's OpenVINO export, plus host-step files and ``metadata.json`` beside the IR."""
+    def to_openvino(self, export_root: Path | str, *args, **kwargs) -> Path:
+        """Anomalib's OpenVINO export, plus host-step files and ``metadata.json`` beside the IR."""
         path = Path(AnomalibModule.to_openvino(self, export_root, *args, **kwargs))
         write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
         return path
 
-    def to_onnx(self, export_root: Path | str, *args: Any, **kwargs: Any) -> Path:
-        """anomalib's ONNX export, plus host-step files and ``metadata.json`` beside the model."""
+    def to_onnx(self, export_root: Path | str, *args, **kwargs) -> Path:
+        """Anomalib's ONNX export, plus host-step files and ``metadata.json`` beside the model."""
         path = Path(AnomalibModule.to_onnx(self, export_root, *args, **kwargs))
         write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
         return path

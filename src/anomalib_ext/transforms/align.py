@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class AlignmentResult:
+    """The outcome of one alignment; a failure carries the identity and the reason."""
+
     homography: np.ndarray  # 3x3, input frame -> reference frame
     ok: bool
     inliers: int
@@ -57,15 +59,17 @@ class ORBSettings:
 
 
 def detection_image(gray: np.ndarray, settings: ORBSettings) -> np.ndarray:
-    """The grey uint8 image ORB runs on (from :func:`to_gray_uint8`): resized by ``detect_scale``, optionally smoothed."""
-    if settings.detect_scale != 1.0:
+    """The grey uint8 image ORB runs on (from :func:`to_gray_uint8`), resized by ``detect_scale``, maybe smoothed."""
+    if settings.detect_scale != 1.0:  # ruff: ignore[float-equality-comparison] - 1.0 exactly is the documented "no resize"
         gray = cv2.resize(gray, None, fx=settings.detect_scale, fy=settings.detect_scale, interpolation=cv2.INTER_AREA)
     return cv2.GaussianBlur(gray, (0, 0), settings.blur_sigma) if settings.blur_sigma > 0 else gray
 
 
 def _planes_to_hwc(tensor: torch.Tensor) -> np.ndarray:
-    """CxHxW CPU tensor -> a new HxWxC contiguous array (never a view: callers may write into it);
-    cv2.merge does this copy ~5x faster than a transpose."""
+    """CxHxW CPU tensor -> a new HxWxC contiguous array (never a view: callers may write into it).
+
+    cv2.merge does this copy ~5x faster than a transpose.
+    """
     planes = tensor.contiguous().numpy()
     return cv2.merge(list(planes)) if planes.shape[0] > 1 else planes[0].copy()
 
@@ -109,10 +113,10 @@ class ReferenceFeatures:
         return self.full_shape
 
 
-def keypoint_array(keypoints, settings: ORBSettings) -> np.ndarray:
+def keypoint_array(keypoints: Sequence[cv2.KeyPoint], settings: ORBSettings) -> np.ndarray:
     """(K, 2) key point positions in full-resolution pixels."""
     points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
-    return points / settings.detect_scale if settings.detect_scale != 1.0 else points
+    return points / settings.detect_scale if settings.detect_scale != 1.0 else points  # ruff: ignore[float-equality-comparison] - as above
 
 
 def _check_homography(h: np.ndarray, shape: tuple[int, int], settings: ORBSettings) -> str:
@@ -134,7 +138,14 @@ def _check_homography(h: np.ndarray, shape: tuple[int, int], settings: ORBSettin
     return ""
 
 
-def _refine(homography, inliers, points, reference, matches, s: ORBSettings):
+def _refine(
+    homography: np.ndarray,
+    inliers: int,
+    points: np.ndarray,
+    reference: ReferenceFeatures,
+    matches: Sequence[cv2.DMatch],
+    s: ORBSettings,
+) -> tuple[np.ndarray, int]:
     """Least-squares re-fit on every match (not only the best fraction) consistent with the RANSAC model.
 
     The best-distance matches pick the model robustly; the many weaker matches it explains then pin
@@ -158,26 +169,32 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     gray = detection_image(full, s)
     keypoints, descriptors = reference.orb.detectAndCompute(gray, None)
     if descriptors is None or reference.descriptors is None or len(keypoints) < 4:
-        return AlignmentResult(identity, False, 0, "too few key points")
+        return AlignmentResult(identity, ok=False, inliers=0, reason="too few key points")
     all_matches = sorted(reference.matcher.match(descriptors, reference.descriptors), key=lambda m: m.distance)
     matches = all_matches[: max(int(len(all_matches) * s.keep_fraction), s.min_inliers)]
     if len(matches) < s.min_inliers:
-        return AlignmentResult(identity, False, 0, f"only {len(matches)} matches")
+        return AlignmentResult(identity, ok=False, inliers=0, reason=f"only {len(matches)} matches")
     points = keypoint_array(keypoints, s)
     src = points[[m.queryIdx for m in matches]].reshape(-1, 1, 2)
     dst = reference.points[[m.trainIdx for m in matches]].reshape(-1, 1, 2)
     homography, inlier_mask = cv2.findHomography(src, dst, cv2.RANSAC, s.ransac_threshold)
     inliers = int(inlier_mask.sum()) if inlier_mask is not None else 0
     if homography is None or inliers < s.min_inliers:
-        return AlignmentResult(identity, False, inliers, f"only {inliers} RANSAC inliers")
+        return AlignmentResult(identity, ok=False, inliers=inliers, reason=f"only {inliers} RANSAC inliers")
     homography, inliers = _refine(homography, inliers, points, reference, all_matches, s)
     reason = _check_homography(homography, full.shape[:2], s)  # the input's corners, at full resolution
     if reason:
-        return AlignmentResult(identity, False, inliers, reason)
-    return AlignmentResult(homography / homography[2, 2], True, inliers)
+        return AlignmentResult(identity, ok=False, inliers=inliers, reason=reason)
+    return AlignmentResult(homography / homography[2, 2], ok=True, inliers=inliers)
 
 
-def warp_tensor(tensor: torch.Tensor, homography: np.ndarray, size: tuple[int, int], nearest: bool = False, fill: torch.Tensor | None = None) -> torch.Tensor:
+def warp_tensor(
+    tensor: torch.Tensor,
+    homography: np.ndarray,
+    size: tuple[int, int],
+    nearest: bool = False,
+    fill: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Warp a CxHxW (or HxW) tensor by a homography into an output of ``size`` (H, W).
 
     Output pixels that map outside the input are: the edge pixels repeated (images), zero (``nearest``,
@@ -191,16 +208,33 @@ def warp_tensor(tensor: torch.Tensor, homography: np.ndarray, size: tuple[int, i
         # BORDER_TRANSPARENT leaves the destination where the source has no pixels: one pass, no mask.
         fill = fill.detach().cpu().to(source.dtype)
         destination = _planes_to_hwc(fill) if channels_first else fill.numpy().copy()
-        warped = cv2.warpPerspective(array, homography, (size[1], size[0]), dst=destination, flags=flags, borderMode=cv2.BORDER_TRANSPARENT)
+        warped = cv2.warpPerspective(
+            array,
+            homography,
+            (size[1], size[0]),
+            dst=destination,
+            flags=flags,
+            borderMode=cv2.BORDER_TRANSPARENT,
+        )
     else:
-        warped = cv2.warpPerspective(array, homography, (size[1], size[0]), flags=flags, borderMode=cv2.BORDER_REPLICATE if not nearest else cv2.BORDER_CONSTANT)
+        warped = cv2.warpPerspective(
+            array,
+            homography,
+            (size[1], size[0]),
+            flags=flags,
+            borderMode=cv2.BORDER_REPLICATE if not nearest else cv2.BORDER_CONSTANT,
+        )
     if not channels_first:
         return torch.from_numpy(warped).to(tensor.dtype)
     result = torch.from_numpy(warped[..., None] if warped.ndim == 2 else warped)
     return result.permute(2, 0, 1).contiguous().to(tensor.dtype)
 
 
-def align(image: torch.Tensor, reference: ReferenceFeatures, mask: torch.Tensor | None = None):
+def align(
+    image: torch.Tensor,
+    reference: ReferenceFeatures,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, AlignmentResult]:
     """Functional API: ``(aligned_image, aligned_mask, AlignmentResult)`` in the reference frame."""
     result = estimate_homography(image, reference)
     size = reference.shape
@@ -218,7 +252,12 @@ def to_uint8_hwc(image: torch.Tensor) -> np.ndarray:
 
 
 def choose_reference(
-    images: list[torch.Tensor], mode: str, settings: ORBSettings, *, candidates: int = 8, probes: int = 8,
+    images: list[torch.Tensor],
+    mode: str,
+    settings: ORBSettings,
+    *,
+    candidates: int = 8,
+    probes: int = 8,
 ) -> int:
     """Index of the reference: ``first``, or ``best`` = the candidate others align to with most inliers."""
     if mode == "first" or len(images) < 3:
@@ -250,7 +289,13 @@ class BatchAligner:
             a normal view of that spot, instead of smeared edge pixels that every k-NN bank would call anomalous.
     """
 
-    def __init__(self, reference: np.ndarray | torch.Tensor, settings: ORBSettings, *, fill_from_reference: bool = True) -> None:
+    def __init__(
+        self,
+        reference: np.ndarray | torch.Tensor,
+        settings: ORBSettings,
+        *,
+        fill_from_reference: bool = True,
+    ) -> None:
         self.reference = ReferenceFeatures(reference, settings)
         image = np.ascontiguousarray(reference if isinstance(reference, np.ndarray) else to_uint8_hwc(reference))
         self.fill = torch.from_numpy(image).permute(2, 0, 1).float().div(255) if fill_from_reference else None
@@ -264,11 +309,14 @@ class BatchAligner:
         if not result.ok:
             self.failures += 1
             if self.failures == 1:
-                logger.warning("Alignment fell back to the identity: %s (further failures counted in .failures)", result.reason)
+                logger.warning(
+                    "Alignment fell back to the identity: %s (further failures counted in .failures)",
+                    result.reason,
+                )
         return result
 
     def align(self, images: torch.Tensor) -> tuple[torch.Tensor, np.ndarray, list[bool]]:
-        """(B, 3, H, W) in [0, 1] -> aligned images (same size), homographies (B, 3, 3) input->reference, success flags."""
+        """(B, 3, H, W) in [0, 1] -> aligned images (same size), homographies (B, 3, 3) input->reference, successes."""
         h, w = images.shape[-2:]
         if (h, w) != tuple(self.reference.shape):
             msg = f"Image size {(h, w)} differs from the reference {tuple(self.reference.shape)}; resize first."
@@ -286,7 +334,9 @@ class BatchAligner:
     def warp_back(maps: torch.Tensor, homographies: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
         """(B, 1, H, W) maps in the reference frame -> the input frame (inverse homographies)."""
         size = tuple(maps.shape[-2:])
-        back = [warp_tensor(m, np.linalg.inv(homography), size) for m, homography in zip(maps, homographies, strict=True)]
+        back = [
+            warp_tensor(m, np.linalg.inv(homography), size) for m, homography in zip(maps, homographies, strict=True)
+        ]
         return torch.stack(back).to(maps.device, maps.dtype)
 
 
@@ -301,7 +351,13 @@ class AlignmentStep(HostStep):
     name = "align"
     REFERENCE_FILE = "align_reference.png"
 
-    def __init__(self, reference: np.ndarray, settings: ORBSettings = ORBSettings(), *, fill_from_reference: bool = True) -> None:
+    def __init__(
+        self,
+        reference: np.ndarray,
+        settings: ORBSettings = ORBSettings(),
+        *,
+        fill_from_reference: bool = True,
+    ) -> None:
         self.reference_image = np.ascontiguousarray(reference)  # (H, W, 3) uint8 RGB
         self.settings = settings
         self.fill_from_reference = fill_from_reference
@@ -312,7 +368,7 @@ class AlignmentStep(HostStep):
         aligned, homographies, _ = self.aligner.align(images)
         return aligned, list(homographies)
 
-    def restore(self, maps: torch.Tensor, states: Sequence[np.ndarray]) -> torch.Tensor:
+    def restore(self, maps: torch.Tensor, states: Sequence[np.ndarray]) -> torch.Tensor:  # ruff: ignore[no-self-use] - the protocol
         """Maps warped back into each input's frame."""
         return BatchAligner.warp_back(maps, states)
 
@@ -322,11 +378,17 @@ class AlignmentStep(HostStep):
 
     def save(self, folder: Path) -> dict[str, Any]:
         """The reference as a PNG (RGB) and the ORB settings."""
-        if not cv2.imwrite(str(Path(folder) / self.REFERENCE_FILE), np.ascontiguousarray(self.reference_image[..., ::-1])):
+        if not cv2.imwrite(
+            str(Path(folder) / self.REFERENCE_FILE),
+            np.ascontiguousarray(self.reference_image[..., ::-1]),
+        ):
             msg = f"Could not write the alignment reference {Path(folder) / self.REFERENCE_FILE}."
             raise OSError(msg)
-        return {"reference": self.REFERENCE_FILE, "fill_from_reference": self.fill_from_reference,
-                "orb": dataclasses.asdict(self.settings)}
+        return {
+            "reference": self.REFERENCE_FILE,
+            "fill_from_reference": self.fill_from_reference,
+            "orb": dataclasses.asdict(self.settings),
+        }
 
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any]) -> AlignmentStep:
@@ -365,7 +427,7 @@ class ORBAlign(Transform):
         """How many images fell back to the identity."""
         return self.aligner.failures
 
-    def forward(self, *inputs: Any) -> Any:  # noqa: ANN401 - torchvision transforms take and return anything
+    def forward(self, *inputs: Any) -> Any:  # ruff: ignore[any-type] - torchvision transforms take and return anything
         """Align the image among ``inputs`` and warp every tensor with it (masks nearest)."""
         flat = inputs if len(inputs) > 1 else (inputs[0],)
         image = next(x for x in flat if isinstance(x, torch.Tensor) and not isinstance(x, tv_tensors.Mask))
@@ -375,7 +437,9 @@ class ORBAlign(Transform):
         outputs = []
         for x in flat:
             if isinstance(x, tv_tensors.Mask):
-                outputs.append(tv_tensors.Mask(warp_tensor(x.as_subclass(torch.Tensor), result.homography, size, nearest=True)))
+                outputs.append(
+                    tv_tensors.Mask(warp_tensor(x.as_subclass(torch.Tensor), result.homography, size, nearest=True)),
+                )
             elif isinstance(x, torch.Tensor):
                 warped = warp_tensor(x.as_subclass(torch.Tensor), result.homography, size)
                 outputs.append(tv_tensors.wrap(warped, like=x) if isinstance(x, tv_tensors.TVTensor) else warped)

@@ -9,7 +9,7 @@ pooling and interpolation: traceable by ``torch.export`` with a dynamic batch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from torch import nn
 
 
@@ -40,11 +40,13 @@ class PyramidBlocks(nn.Module):
     def __init__(self, levels: int = 3) -> None:
         super().__init__()
         if levels < 1:
-            raise ValueError(f"levels must be >= 1, got {levels}")
+            msg = f"levels must be >= 1, got {levels}"
+            raise ValueError(msg)
         self.levels = levels
 
     @property
     def num_blocks(self) -> int:
+        """(4^N - 1) / 3."""
         return num_blocks(self.levels)
 
     def level_slices(self) -> list[slice]:
@@ -60,7 +62,8 @@ class PyramidBlocks(nn.Module):
         factor = 2 ** (self.levels - 1)
         h, w = images.shape[-2:]
         if h % factor or w % factor:
-            raise ValueError(f"Image size {h}x{w} must be divisible by {factor} for {self.levels} pyramid levels.")
+            msg = f"Image size {h}x{w} must be divisible by {factor} for {self.levels} pyramid levels."
+            raise ValueError(msg)
         blocks = []
         for i in range(self.levels):
             g = 2**i

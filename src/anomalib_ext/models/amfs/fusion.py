@@ -16,7 +16,7 @@ import logging
 import math
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from torch import nn
 from tqdm import tqdm
 
@@ -31,12 +31,22 @@ class FusionNet(nn.Module):
     def __init__(self, num_blocks: int, width: int = 16) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(2 * width, 4 * width, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(1, width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1),
+            nn.ReLU(inplace=True),
             nn.AdaptiveMaxPool2d(1),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * width, 2 * width), nn.ReLU(inplace=True), nn.Linear(2 * width, 1))
+        self.head = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(4 * width, 2 * width),
+            nn.ReLU(inplace=True),
+            nn.Linear(2 * width, 1),
+        )
         self.block_bias = nn.Parameter(torch.zeros(num_blocks))
 
     def forward(self, block_maps: torch.Tensor) -> torch.Tensor:
@@ -47,22 +57,27 @@ class FusionNet(nn.Module):
 
 
 class ScoreFusion(nn.Module):
-    """Image score from block scores: ``fusion`` (F_fusion, per-block sigmoid weights), ``fusion_softmax``
-    (the same CNN, weights normalised over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``."""
+    """Image score from block scores, by ``mode``.
+
+    ``fusion`` (F_fusion, per-block sigmoid weights), ``fusion_softmax`` (the same CNN, weights normalised
+    over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``.
+    """
 
     def __init__(self, num_blocks: int, mode: str = "fusion") -> None:
         super().__init__()
         if mode not in SCORING_MODES:
-            raise ValueError(f"scoring must be one of {SCORING_MODES}, got '{mode}'")
+            msg = f"scoring must be one of {SCORING_MODES}, got '{mode}'"
+            raise ValueError(msg)
         self.mode = mode
-        self.net = FusionNet(num_blocks) if mode in ("fusion", "fusion_softmax") else None
+        self.net = FusionNet(num_blocks) if mode in {"fusion", "fusion_softmax"} else None
         self.linear_logits = nn.Parameter(torch.zeros(num_blocks)) if mode == "linear" else None
         # Scale of normal scores (set when trained): maps enter the CNN as m / scale.
         self.register_buffer("score_scale", torch.ones(()))
 
     @property
     def trainable(self) -> bool:
-        return self.mode in ("fusion", "fusion_softmax", "linear")
+        """Whether the mode has weights to learn (F_fusion, softmax, linear)."""
+        return self.mode in {"fusion", "fusion_softmax", "linear"}
 
     def weights(self, block_maps: torch.Tensor) -> torch.Tensor:
         """(B, nb) block weights: each in (0, 1) for ``fusion``, summing to one for the others."""
@@ -80,15 +95,33 @@ class ScoreFusion(nn.Module):
             return block_scores.amax(dim=1)
         return (self.weights(block_maps) * block_scores).sum(dim=1)
 
-    def fit(self, block_maps: torch.Tensor, block_scores: torch.Tensor, labels: torch.Tensor, epochs: int = 60, lr: float = 1e-3, batch_size: int = 32, seed: int = 0) -> list[float]:
+    def fit(
+        self,
+        block_maps: torch.Tensor,
+        block_scores: torch.Tensor,
+        labels: torch.Tensor,
+        epochs: int = 60,
+        lr: float = 1e-3,
+        batch_size: int = 32,
+        seed: int = 0,
+    ) -> list[float]:
         """Train on (N, nb, 1, h, w) maps, (N, nb) scores and (N,) 0/1 labels; returns the loss per epoch."""
         if not self.trainable:
             return []
         # Lightning may call the memory-bank fit() inside inference mode (on_validation_start).
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.inference_mode(mode=False), torch.enable_grad():
             return self._fit(block_maps.clone(), block_scores.clone(), labels.clone(), epochs, lr, batch_size, seed)
 
-    def _fit(self, block_maps, block_scores, labels, epochs, lr, batch_size, seed) -> list[float]:
+    def _fit(
+        self,
+        block_maps: torch.Tensor,
+        block_scores: torch.Tensor,
+        labels: torch.Tensor,
+        epochs: int,
+        lr: float,
+        batch_size: int,
+        seed: int,
+    ) -> list[float]:
         torch.manual_seed(seed)  # the same data and seed give the same F_fusion
         for module in self.modules():
             if module is not self and hasattr(module, "reset_parameters"):
@@ -106,7 +139,9 @@ class ScoreFusion(nn.Module):
         # scores, so before this start s/scale was ~nb/2 for every sample: the loss saturated and, at
         # 85 blocks (4 levels), drove every sigmoid weight to 0 where no gradient is left (image AUROC 0.40).
         with torch.no_grad():
-            initial = torch.cat([self(m, sc) for m, sc in zip(block_maps.split(batch_size), block_scores.split(batch_size), strict=True)])
+            initial = torch.cat([
+                self(m, sc) for m, sc in zip(block_maps.split(batch_size), block_scores.split(batch_size), strict=True)
+            ])
             initial = initial / self.score_scale
         centre, spread = initial.mean(), initial.std().clamp_min(1e-6)
         slope = nn.Parameter(torch.tensor(math.log(math.e - 1)))  # softplus(slope) = 1 at the start

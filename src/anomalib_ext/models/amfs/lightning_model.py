@@ -67,7 +67,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         seed: seeds hold-out split, synthesis and coreset starts.
     """
 
-    def __init__(  # noqa: PLR0913 - the paper's hyper-parameters, flat as in anomalib's models
+    def __init__(
         self,
         backbone: str = "tf_efficientnet_lite2",
         layers: Sequence[str] = ("blocks.2", "blocks.4"),
@@ -81,7 +81,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         align: bool = True,
         reference: str = "best",
         fill_from_reference: bool = True,
-        orb: ORBSettings = ORBSettings(),  # noqa: B008 - frozen dataclass, never mutated
+        orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass, never mutated
         fusion_holdout: float = 0.2,
         fusion_max_images: int = 32,
         holdout_to_banks: bool = True,
@@ -95,10 +95,20 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
     ) -> None:
-        super().__init__(pre_processor=pre_processor, post_processor=post_processor, evaluator=evaluator, visualizer=visualizer)
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
         self.model = AMFSModel(
-            backbone, tuple(layers), pre_trained=pre_trained, backbone_weights=backbone_weights, levels=levels,
-            num_neighbors=num_neighbors, scoring=scoring,
+            backbone,
+            tuple(layers),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            levels=levels,
+            num_neighbors=num_neighbors,
+            scoring=scoring,
         )
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.align = align
@@ -123,7 +133,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
 
     @staticmethod
     def configure_post_processor() -> PostProcessor:
-        """anomalib's default: thresholds from validation, scores and maps normalised to 0.5 = threshold."""
+        """Anomalib's default: thresholds from validation, scores and maps normalised to 0.5 = threshold."""
         return PostProcessor()
 
     @staticmethod
@@ -145,36 +155,49 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
         """Keep the (resized) normal images with their paths; everything is built in :meth:`fit` once all are seen."""
         del args, kwargs
-        normal = torch.ones(len(batch.image), dtype=torch.bool) if batch.gt_label is None else (batch.gt_label == 0).cpu()
+        normal = (
+            torch.ones(len(batch.image), dtype=torch.bool) if batch.gt_label is None else (batch.gt_label == 0).cpu()
+        )
         paths = list(batch.image_path) if batch.image_path is not None else [None] * len(batch.image)
         images = (batch.image.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu()
-        self._train_images.extend((path, image) for path, image, keep in zip(paths, images, normal.tolist(), strict=True) if keep)
+        self._train_images.extend(
+            (path, image) for path, image, keep in zip(paths, images, normal.tolist(), strict=True) if keep
+        )
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
     def _images_in_path_order(self) -> list[torch.Tensor]:
-        """The training images sorted by file path, so the reference, hold-out split and banks do not depend
-        on the order a (shuffling) dataloader delivered them in; images without a path keep their order."""
-        order = sorted(range(len(self._train_images)), key=lambda i: (self._train_images[i][0] is None, self._train_images[i][0] or "", i))
+        """The training images sorted by file path; images without a path keep their order.
+
+        The reference, hold-out split and banks then do not depend on the order a (shuffling) dataloader
+        delivered them in.
+        """
+        order = sorted(
+            range(len(self._train_images)),
+            key=lambda i: (self._train_images[i][0] is None, self._train_images[i][0] or "", i),
+        )
         return [self._train_images[i][1] for i in order]
 
     def fit(self) -> None:
         """Reference -> alignment -> per-block coresets -> F_fusion (seeded, global RNG state restored)."""
         with isolate_rng():
             random.seed(self.seed)
-            np.random.seed(self.seed)  # noqa: NPY002 - anomalib's synthesis draws from the global RNGs
+            np.random.seed(self.seed)  # ruff: ignore[numpy-legacy-random] - anomalib's synthesis draws from the global RNGs
             torch.manual_seed(self.seed)
             self._fit()
 
     def _fit(self) -> None:
         images = self._images_in_path_order()
         if len(images) < 3:
-            raise ValueError(f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}.")
+            msg = f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}."
+            raise ValueError(
+                msg,
+            )
         ref_index = choose_reference(images, self.reference_mode, self.orb) if self.align else 0
         self.model.reference = torch.from_numpy(to_uint8_hwc(images[ref_index])).to(self.device)
         self._host_steps = None
         rest = [img for i, img in enumerate(images) if i != ref_index]
         rng = np.random.default_rng(self.seed)
-        n_holdout = int(round(len(rest) * self.fusion_holdout)) if self.model.fusion.trainable else 0
+        n_holdout = round(len(rest) * self.fusion_holdout) if self.model.fusion.trainable else 0
         n_holdout = min(max(n_holdout, 1 if self.model.fusion.trainable else 0), len(rest) - 1, self.fusion_max_images)
         order = rng.permutation(len(rest))
         holdout = [rest[i] for i in order[:n_holdout]]
@@ -186,21 +209,32 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             logger.warning(
                 "AMFS I-RA fell back to the identity for %d of %d training images: these images cannot be "
                 "registered to the reference, so the banks are positional but unaligned. Set align=False to skip "
-                "the alignment cost.", aligner.failures, aligner.total,
+                "the alignment cost.",
+                aligner.failures,
+                aligner.total,
             )
         self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
         if holdout:
             aligned_holdout = self._aligned_float(holdout)
             maps, scores, labels = fusion_training_set(
-                self.model, aligned_holdout, samples_per_image=self.fusion_samples_per_image, texture_dir=self.texture_dir,
-                seed=self.seed, fill=aligner.fill if aligner is not None else None, kinds=self.fusion_anomalies,
+                self.model,
+                aligned_holdout,
+                samples_per_image=self.fusion_samples_per_image,
+                texture_dir=self.texture_dir,
+                seed=self.seed,
+                fill=aligner.fill if aligner is not None else None,
+                kinds=self.fusion_anomalies,
             )
             self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
             if self.holdout_to_banks:
                 embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])
                 self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
                 bank_images = rest
-        logger.info("AMFS banks: %d blocks x %d features (from %d images)", *self.model.memory.bank.shape[:2], len(bank_images))
+        logger.info(
+            "AMFS banks: %d blocks x %d features (from %d images)",
+            *self.model.memory.bank.shape[:2],
+            len(bank_images),
+        )
         self._train_images = []
 
     def _embed_all(self, images: torch.Tensor) -> torch.Tensor:
@@ -219,7 +253,11 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             if self.model.reference.numel() == 0:
                 msg = "AMFS has no reference image yet: train it (or load a trained checkpoint) first."
                 raise RuntimeError(msg)
-            step = AlignmentStep(self.model.reference.cpu().numpy(), self.orb, fill_from_reference=self.fill_from_reference)
+            step = AlignmentStep(
+                self.model.reference.cpu().numpy(),
+                self.orb,
+                fill_from_reference=self.fill_from_reference,
+            )
             self._host_steps = HostPipeline([step])
         return self._host_steps
 

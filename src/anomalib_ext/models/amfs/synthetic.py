@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -13,6 +12,8 @@ from torchvision.transforms.v2 import RandomAffine
 from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, perlin_anomaly_generator
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from anomalib_ext.models.amfs.torch_model import AMFSModel
 
 # Anomaly kinds F_fusion can be trained on. ``perlin`` is the paper's (DRAEM: texture in Perlin blobs,
@@ -27,7 +28,8 @@ def check_fusion_anomalies(kinds: Sequence[str]) -> tuple[str, ...]:
     """``kinds`` as a tuple, or a ValueError naming the allowed kinds."""
     kinds = tuple(kinds)
     if not kinds or set(kinds) - set(FUSION_ANOMALIES):
-        raise ValueError(f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(kinds)}")
+        msg = f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(kinds)}"
+        raise ValueError(msg)
     return kinds
 
 
@@ -57,8 +59,8 @@ def fusion_training_set(
     augment = RandomAffine(degrees=3, translate=(0.02, 0.02), scale=(0.97, 1.03))
     anomalous, normal = [], []
     kind_cycle = itertools.cycle(kinds)
-    for image in images:
-        image = image.cpu()
+    for aligned in images:
+        image = aligned.cpu()
         for _ in range(samples_per_image):
             kind = next(kind_cycle)
             if kind == "perlin":

@@ -78,7 +78,12 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         queries = embedding.transpose(0, 1).reshape(nb, b * p, d)
         nearest, nearest_idx = self.memory.nearest(queries)  # (nb, B*P)
         patch = nearest.reshape(nb, b, p)
-        scores = self.memory.reweighted_max(queries.reshape(nb, b, p, d), patch, nearest_idx.reshape(nb, b, p), self.num_neighbors)
+        scores = self.memory.reweighted_max(
+            queries.reshape(nb, b, p, d),
+            patch,
+            nearest_idx.reshape(nb, b, p),
+            self.num_neighbors,
+        )
         return patch.transpose(0, 1), scores.transpose(0, 1)
 
     def maps_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
