@@ -134,7 +134,9 @@ def main() -> None:
         if code:
             failed.append(job["name"])
     # The tables cover every finished job of the grid, not only those this call ran (--only).
-    rows = [json.loads(path.read_text()) for j in every_job if (path := args.out / "jobs" / f"{j['name']}.json").is_file()]
+    rows = [
+        json.loads(path.read_text()) for j in every_job if (path := args.out / "jobs" / f"{j['name']}.json").is_file()
+    ]
     if rows:
         summarise(rows, args.out)
         print((args.out / "results.md").read_text())

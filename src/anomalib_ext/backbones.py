@@ -251,6 +251,7 @@ def create_backbone(
 def create_feature_extractor(
     name: str = DEFAULT_BACKBONE,
     layers: Sequence[str | int] = ("blocks.2", "blocks.4"),
+    *,
     pre_trained: bool = True,
     backbone_weights: str | Path | None = None,
     requires_grad: bool = False,

@@ -18,7 +18,7 @@ from anomalib_ext.files import write_bytes_atomic
 from anomalib_ext.host_steps import host_steps_of
 
 if TYPE_CHECKING:
-    import torch
+    from anomalib.models.components import AnomalibModule
 
 # Bumped when the layout of metadata.json or the IR's inputs/outputs change in an incompatible way.
 FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def pre_processor_steps(model: torch.nn.Module) -> list:
+def pre_processor_steps(model: AnomalibModule) -> list:
     """The transforms of the model's pre-processor, in order (empty without one)."""
     from torchvision.transforms.v2 import Compose
 
@@ -57,7 +57,7 @@ def pre_processor_steps(model: torch.nn.Module) -> list:
     return list(transform.transforms) if isinstance(transform, Compose) else [transform]
 
 
-def model_input_size(model: torch.nn.Module) -> tuple[int, int] | None:
+def model_input_size(model: AnomalibModule) -> tuple[int, int] | None:
     """The size of the first ``Resize`` in the model's pre-processor, if any."""
     from torchvision.transforms.v2 import Resize
 
@@ -67,7 +67,7 @@ def model_input_size(model: torch.nn.Module) -> tuple[int, int] | None:
     return None
 
 
-def _normalization(model: torch.nn.Module) -> dict[str, Any] | None:
+def _normalization(model: AnomalibModule) -> dict[str, Any] | None:
     """Mean/std of a ``Normalize`` in the model's pre-processor (it runs inside the IR), if any."""
     from torchvision.transforms.v2 import Normalize
 
@@ -78,9 +78,10 @@ def _normalization(model: torch.nn.Module) -> dict[str, Any] | None:
 
 
 def build_metadata(
-    model: torch.nn.Module,
+    model: AnomalibModule,
     input_size: tuple[int, int],
     host_steps: dict[str, Any],
+    *,
     precision: str = "FP32",
 ) -> dict[str, Any]:
     """Everything ``metadata.json`` says about an FP32 export of ``model`` (``files`` is added on writing)."""
@@ -135,7 +136,7 @@ def _check_fields(path: Path, metadata: dict[str, Any]) -> None:
 
 
 def write_export_metadata(
-    model: torch.nn.Module,
+    model: AnomalibModule,
     folder: str | Path,
     input_size: tuple[int, int] | None = None,
 ) -> Path:

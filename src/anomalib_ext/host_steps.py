@@ -22,11 +22,14 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from anomalib_ext.errors import AnomalibExtError
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
 
     import torch
     from anomalib.data import InferenceBatch
+    from anomalib.models.components import AnomalibModule
 
 ENTRY_POINT_GROUP = "anomalib_ext.host_steps"
 _REGISTRY: dict[str, type[HostStep]] = {}
@@ -65,7 +68,7 @@ def register_host_step(cls: type[HostStep]) -> type[HostStep]:
     return cls
 
 
-class UnknownHostStepError(KeyError):
+class UnknownHostStepError(AnomalibExtError, KeyError):
     """An export names a host step this installation does not provide."""
 
 
@@ -131,7 +134,7 @@ def host_steps_of(model: object) -> HostPipeline:
     return method() if callable(method) else HostPipeline()
 
 
-def predict_end_to_end(model: torch.nn.Module, images: torch.Tensor) -> InferenceBatch:
+def predict_end_to_end(model: AnomalibModule, images: torch.Tensor) -> InferenceBatch:
     """What a deployed model gives: host ``prepare`` -> anomalib's forward -> host ``restore``.
 
     ``images``: (B, 3, H, W) in [0, 1] at the model's input size. The forward is the exported graph's

@@ -109,7 +109,7 @@ def test_synthetic_anomalies_change_only_the_masked_pixels():
     assert 0 < strokes.mean() < 0.6
     target_area = torch.zeros(1, 128, 128)
     target_area[:, 80:, 80:] = 1
-    out, mask = paste_region(image, strokes, torch.zeros(3, 128, 128), rng, target_area)
+    out, mask = paste_region(image, strokes, torch.zeros(3, 128, 128), rng, target_area=target_area)
     assert mask.sum() > 0 and torch.equal(out * (1 - mask), torch.zeros(3, 128, 128))
 
 

@@ -1,9 +1,10 @@
 """A benchmark grid: models x datasets x sizes x seeds from a YAML file -> jobs, then CSV, markdown and plots.
 
-Grid keys: ``models`` and ``datasets`` (name -> spec, see :mod:`anomalib_ext.benchmarking.build`;
-a dataset may say ``skip_if_missing: PATH`` and give its own ``sizes`` and ``subsets``), ``sizes`` ([256]), ``seeds`` ([0]; or ``seed``),
-``stages`` (all of :data:`~anomalib_ext.benchmarking.jobs.STAGES`), ``subsets`` (name -> datamodule
-overrides tested after the full test set), ``repeats`` (20), ``int8_subset_size`` (300).
+Grid keys: ``models`` and ``datasets`` (name -> spec, see :mod:`anomalib_ext.benchmarking.build`; a
+dataset may say ``skip_if_missing: PATH`` and give its own ``sizes`` and ``subsets``), ``sizes``
+([256]), ``seeds`` ([0]; or ``seed``), ``stages`` (all of :data:`~anomalib_ext.benchmarking.jobs.STAGES`),
+``subsets`` (name -> datamodule overrides tested after the full test set), ``repeats`` (20),
+``int8_subset_size`` (300).
 """
 
 from __future__ import annotations

@@ -18,11 +18,14 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from anomalib_ext.benchmarking.build import build_datamodule, build_model, default_evaluator
+
+if TYPE_CHECKING:
+    from anomalib.models.components import AnomalibModule
 
 STAGES = ("fit", "test", "export", "int8", "accuracy", "timing")
 
@@ -36,7 +39,7 @@ def sample_test_images(samples: Any, size: int, count: int = 8) -> tuple[torch.T
     return torch.cat([read_resized(p, (size, size)) for p in picks]), [read_rgb(p) for p in picks]
 
 
-def torch_timings(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> dict[str, float]:
+def torch_timings(model: AnomalibModule, batch: torch.Tensor, repeats: int) -> dict[str, float]:
     """Eager latency at batch 1 (model call; end to end with host steps; host steps alone) and batch-8 throughput."""
     from anomalib_ext.deploy.timing import median_ms
     from anomalib_ext.host_steps import host_steps_of, predict_end_to_end
@@ -93,7 +96,7 @@ def openvino_row(
     return row
 
 
-def _host_step_report(model: torch.nn.Module) -> dict[str, Any]:
+def _host_step_report(model: AnomalibModule) -> dict[str, Any]:
     from anomalib_ext.host_steps import host_steps_of
 
     report: dict[str, Any] = {}
@@ -156,7 +159,7 @@ def run_job(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return row
 
 
-def _deploy(job: dict[str, Any], model: torch.nn.Module, data: Any, work: Path, stages: set[str]) -> dict[str, Path]:  # ruff: ignore[any-type]
+def _deploy(job: dict[str, Any], model: AnomalibModule, data: Any, work: Path, stages: set[str]) -> dict[str, Path]:  # ruff: ignore[any-type]
     """The export folders the job's stages ask for: ``ov_fp32`` (export), ``ov_int8`` (int8)."""
     from anomalib_ext.deploy.export import export_openvino
     from anomalib_ext.deploy.quantize import quantize_openvino

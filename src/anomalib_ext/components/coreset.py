@@ -33,6 +33,7 @@ def project_for_coreset(features: torch.Tensor, eps: float = 0.9, seed: int | No
 def greedy_coreset_indices(
     features: torch.Tensor,
     sampling_ratio: float | None = None,
+    *,
     coreset_size: int | None = None,
     project: bool = True,
     seed: int | None = 0,

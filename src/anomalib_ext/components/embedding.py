@@ -42,7 +42,12 @@ class PatchEmbedding(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = list(layers)
-        self.feature_extractor = create_feature_extractor(backbone, self.layers, pre_trained, backbone_weights).eval()
+        self.feature_extractor = create_feature_extractor(
+            backbone,
+            self.layers,
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+        ).eval()
         self.pooler = nn.AvgPool2d(pool_size, 1, pool_size // 2)
         # Constants, not state: kept out of checkpoints.
         self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)

@@ -140,6 +140,7 @@ class MemoryBank(DynamicBufferMixin, nn.Module):
         queries: torch.Tensor,
         patch_scores: torch.Tensor,
         nearest_idx: torch.Tensor,
+        *,
         num_neighbors: int,
     ) -> torch.Tensor:
         """PatchCore's image score per group: the worst patch re-weighted by the density of its bank neighbourhood.

@@ -39,6 +39,7 @@ def _jitter(patch: torch.Tensor) -> torch.Tensor:
 def cutpaste(
     image: torch.Tensor,
     rng: np.random.Generator,
+    *,
     area_ratio: tuple[float, float] = (0.02, 0.15),
     aspect_ratio: tuple[float, float] = (0.3, 3.3),
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +61,7 @@ def cutpaste(
 def cutpaste_scar(
     image: torch.Tensor,
     rng: np.random.Generator,
+    *,
     width: tuple[int, int] = (2, 16),
     length: tuple[int, int] = (10, 25),
     angle: tuple[float, float] = (-45, 45),
@@ -89,6 +91,7 @@ def free_form_mask(
     height: int,
     width: int,
     rng: np.random.Generator,
+    *,
     strokes: tuple[int, int] = (1, 4),
     vertices: tuple[int, int] = (4, 12),
     brush: tuple[float, float] = (0.02, 0.06),
@@ -114,6 +117,7 @@ def paste_region(
     source_mask: torch.Tensor,
     target: torch.Tensor,
     rng: np.random.Generator,
+    *,
     target_area: torch.Tensor | None = None,
     opacity: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,6 +142,7 @@ def compose(
     design: PrintDesign,
     ink: np.ndarray,
     accent: np.ndarray,
+    *,
     ink_rgb: np.ndarray | None = None,
     accent_rgb: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -199,7 +200,7 @@ def render_design(design: PrintDesign, rng: np.random.Generator, defect: str | N
         region = _blob(rng, s, _print_point(rng, ink + accent), radius)
         if defect == "color":
             shifted = np.clip(design.ink_rgb[::-1] * rng.uniform(0.5, 1.5), 0, 1)
-            recoloured = compose(fabric, design, ink, accent, shifted, shifted[::-1])
+            recoloured = compose(fabric, design, ink, accent, ink_rgb=shifted, accent_rgb=shifted[::-1])
             image = normal * (1 - region[..., None]) + recoloured * region[..., None]
         elif defect == "dim":
             smear = cv2.GaussianBlur(ink, (0, 0), max(2.0, s / 60)) * 1.6

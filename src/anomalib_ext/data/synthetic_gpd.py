@@ -42,6 +42,7 @@ def _write_sample(folder: Path, stem: str, image: np.ndarray, mask: np.ndarray |
 def generate_category(
     out: Path,
     index: int,
+    *,
     seed: int,
     image_size: int,
     train_count: int,
@@ -71,6 +72,7 @@ def generate_category(
 
 def generate_dataset(
     root: str | Path,
+    *,
     num_categories: int = 4,
     image_size: int = 512,
     train_count: int = 40,
@@ -117,13 +119,13 @@ def generate_dataset(
             generate_category(
                 partial / name,
                 index,
-                seed,
-                image_size,
-                train_count,
-                test_good_count,
-                defects_per_type,
-                defect_types,
-                progress,
+                seed=seed,
+                image_size=image_size,
+                train_count=train_count,
+                test_good_count=test_good_count,
+                defects_per_type=defects_per_type,
+                defect_types=defect_types,
+                progress=progress,
             )
     (partial / COMPLETE_MARKER).write_text(json.dumps(settings, indent=1))
     if root.exists():
@@ -201,14 +203,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = generate_dataset(
         args.out,
-        args.num_categories,
-        args.image_size,
-        args.train_count,
-        args.test_good_count,
-        args.defects_per_type,
-        args.defect_types,
-        args.seed,
-        args.overwrite,
+        num_categories=args.num_categories,
+        image_size=args.image_size,
+        train_count=args.train_count,
+        test_good_count=args.test_good_count,
+        defects_per_type=args.defects_per_type,
+        defect_types=args.defect_types,
+        seed=args.seed,
+        overwrite=args.overwrite,
     )
     print(f"SyntheticGPD written to {root}")
     return 0

@@ -192,9 +192,9 @@ def quantize_main(args: argparse.Namespace) -> int:
         args.model_dir,
         args.calibration,
         args.output,
-        args.subset_size,
-        args.scope,
-        args.fast_bias_correction,
+        subset_size=args.subset_size,
+        scope=args.scope,
+        fast_bias_correction=args.fast_bias_correction,
         overwrite=args.overwrite,
     )
     used = read_metadata(xml.parent)["quantization"]["calibration_images"]
@@ -216,11 +216,11 @@ def infer_main(args: argparse.Namespace) -> int:
         args.model_dir,
         args.input,
         args.output,
-        args.device,
-        args.batch_size,
-        args.timing,
-        args.threads,
-        args.precision,
+        device=args.device,
+        batch_size=args.batch_size,
+        timing=args.timing,
+        num_threads=args.threads,
+        precision=args.precision,
     )
     failed = [r for r in results if r.error]
     print(

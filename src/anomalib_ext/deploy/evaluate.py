@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 def evaluate_openvino(
     model_dir: str | Path,
     test_set: str | Path | pd.DataFrame,
+    *,
     batch_size: int = 8,
     progress: bool = True,
     num_threads: int | None = None,
@@ -94,7 +95,7 @@ def compare_exports(
 
     report: dict[str, Any] = {name: {} for name in folders}
     if timing:
-        for name, values in compare_openvino(folders, images, repeats).items():
+        for name, values in compare_openvino(folders, images, repeats=repeats).items():
             report[name].update(values)
     if accuracy:
         for name, folder in folders.items():

@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     import openvino as ov
+    from anomalib.models.components import AnomalibModule
 
 logger = logging.getLogger(__name__)
 
 
-def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]) -> ov.Model:
+def convert_to_openvino(model: AnomalibModule, input_size: tuple[int, int]) -> ov.Model:
     """``ov.Model`` of the eval-mode forward with inputs ``(?, 3, H, W)`` and anomalib's output names."""
     import openvino as ov
 
@@ -66,9 +67,10 @@ def convert_to_openvino(model: torch.nn.Module, input_size: tuple[int, int]) -> 
 
 
 def export_openvino(
-    model: torch.nn.Module,
+    model: AnomalibModule,
     output: str | Path,
     input_size: tuple[int, int] | None = None,
+    *,
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
 ) -> Path:

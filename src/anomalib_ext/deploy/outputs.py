@@ -131,6 +131,7 @@ def run_inference(
     model_dir: str | Path,
     inputs: str | Path | Sequence[str | Path],
     output: str | Path,
+    *,
     device: str = "CPU",
     batch_size: int = 8,
     timing: bool = False,

@@ -98,6 +98,7 @@ def quantize_openvino(
     model_dir: str | Path,
     calibration: str | Path | Sequence[str | Path],
     output: str | Path,
+    *,
     subset_size: int = 300,
     scope: str = "backbone",
     fast_bias_correction: bool = False,

@@ -28,6 +28,7 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
 def compare_openvino(
     folders: dict[str, str | Path],
     images: Sequence[np.ndarray],
+    *,
     repeats: int = 20,
     num_threads: int | None = None,
 ) -> dict[str, dict[str, float | str]]:

@@ -192,6 +192,7 @@ def warp_tensor(
     tensor: torch.Tensor,
     homography: np.ndarray,
     size: tuple[int, int],
+    *,
     nearest: bool = False,
     fill: torch.Tensor | None = None,
 ) -> torch.Tensor:

@@ -100,6 +100,7 @@ class ScoreFusion(nn.Module):
         block_maps: torch.Tensor,
         block_scores: torch.Tensor,
         labels: torch.Tensor,
+        *,
         epochs: int = 60,
         lr: float = 1e-3,
         batch_size: int = 32,

@@ -82,7 +82,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
             queries.reshape(nb, b, p, d),
             patch,
             nearest_idx.reshape(nb, b, p),
-            self.num_neighbors,
+            num_neighbors=self.num_neighbors,
         )
         return patch.transpose(0, 1), scores.transpose(0, 1)
 
