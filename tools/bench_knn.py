@@ -1,10 +1,11 @@
 """Nearest-neighbour search in one memory bank: torch (matmul expansion) vs faiss ``IndexFlatL2``, on CPU.
 
-Decides ``components.memory_bank.FAISS_MIN_WORK``: the queries x features above which a single bank is
+Decides ``components.memory_bank.FAISS_MIN_QUERIES`` and ``FAISS_MIN_WORK``: when a single bank is
 searched by faiss in eager mode. Random features of the lite2 embedding's width (168); the median of
 ``--repeats`` runs after a warm-up, each search on this process's threads.
 
-    python tools/bench_knn.py --out docs/results/knn_torch_vs_faiss.json
+    python tools/bench_knn.py --banks 200 1000 2000 12000 50000 --queries 64 1024 4096 8192 \
+        --out docs/results/knn_torch_vs_faiss.json
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def main() -> None:
     import faiss
     import torch
 
-    from anomalib_ext.components.memory_bank import FAISS_MIN_WORK, MemoryBank
+    from anomalib_ext.components.memory_bank import FAISS_MIN_QUERIES, FAISS_MIN_WORK, MemoryBank
 
     def median_ms(fn: object) -> float:
         fn()
@@ -56,10 +57,16 @@ def main() -> None:
                 "faiss_ms": median_ms(lambda q=queries, i=index: i.search(q[0].numpy(), 1)),
             }
             row["faiss_speedup"] = row["torch_ms"] / row["faiss_ms"]
-            row["faiss_used_by_default"] = row["work"] >= FAISS_MIN_WORK
+            row["faiss_used_by_default"] = count >= FAISS_MIN_QUERIES and row["work"] >= FAISS_MIN_WORK
             rows.append(row)
             print(json.dumps(row), flush=True)
-    result = {"threads": torch.get_num_threads(), "dim": args.dim, "faiss_min_work": FAISS_MIN_WORK, "rows": rows}
+    result = {
+        "threads": torch.get_num_threads(),
+        "dim": args.dim,
+        "faiss_min_queries": FAISS_MIN_QUERIES,
+        "faiss_min_work": FAISS_MIN_WORK,
+        "rows": rows,
+    }
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -44,6 +44,7 @@ def test_faiss_and_torch_give_the_same_neighbours(monkeypatch):
     bank.fit(torch.randn(3000, 48), sampling_ratio=0.1)
     queries = torch.randn(1, 200, 48)
     monkeypatch.setattr(memory_bank, "FAISS_MIN_WORK", 0)  # this search is small: make faiss take it
+    monkeypatch.setattr(memory_bank, "FAISS_MIN_QUERIES", 0)
     assert bank._use_faiss(queries)
     d_faiss, i_faiss = bank.search(queries, k=9)
     d_torch, i_torch = torch_knn(queries[0], bank.bank[0], 9)

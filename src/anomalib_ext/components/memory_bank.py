@@ -4,8 +4,10 @@ One component for every memory-bank method. The bank is ``(G, M, D)``: ``G`` ind
 ``M`` features searched in one batched matmul — ``G = 1`` is PatchCore's global bank, ``G`` = block
 positions is AMFS's per-block banks. The search is plain torch (traceable, exportable with a dynamic
 batch). In eager CPU mode, a single bank with many queries is searched by faiss (exact
-``IndexFlatL2``) when faiss is installed: measured faster there (``tools/bench_knn.py``), e.g. 8192
-queries against 12,000 features; for small searches torch is as fast and needs no copy.
+``IndexFlatL2``) when faiss is installed: measured 1.3-7x faster from a thousand queries and a
+million distances up (``tools/bench_knn.py``; 8192 queries against 12,000 features: 169 ms vs 628 ms);
+below that torch is as fast or faster and needs no copy. Several banks (AMFS's blocks) are searched by
+one batched torch matmul.
 """
 
 from __future__ import annotations
@@ -16,8 +18,12 @@ from torch import nn
 
 from anomalib_ext.components.coreset import greedy_coreset_indices
 
-# faiss searches a single bank when queries x features reach this (below it torch was as fast: tools/bench_knn.py).
-FAISS_MIN_WORK = 2**26
+# faiss searches a single bank when there are at least this many queries and queries x features reach this:
+# there it was 1.3-7x faster than the torch search on the 2-core CPU; below, torch was as fast, and with
+# few queries against a large bank faster (64 x 12,000: 3.0 ms vs 9.5 ms) (tools/bench_knn.py,
+# docs/results/knn_torch_vs_faiss.json).
+FAISS_MIN_QUERIES = 1024
+FAISS_MIN_WORK = 2**20
 
 
 def _tracing() -> bool:
@@ -112,9 +118,12 @@ class MemoryBank(DynamicBufferMixin, nn.Module):
         return self._index
 
     def _use_faiss(self, queries: torch.Tensor) -> bool:
-        eager_cpu = not _tracing() and queries.device.type == "cpu" and not queries.requires_grad
-        large = self.num_groups == 1 and queries.shape[1] * len(self) >= FAISS_MIN_WORK
-        return self.use_faiss and eager_cpu and large and _faiss_available()
+        # Tracing first: a size check on a traced (symbolic) batch would add a guard to the exported graph.
+        if not self.use_faiss or _tracing() or queries.device.type != "cpu" or queries.requires_grad:
+            return False
+        count = queries.shape[1]
+        large = self.num_groups == 1 and count >= FAISS_MIN_QUERIES and count * len(self) >= FAISS_MIN_WORK
+        return large and _faiss_available()
 
     def search(self, queries: torch.Tensor, k: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """L2 distances (not squared) and indices of the ``k`` nearest features, each (G, Q, k), of (G, Q, D)."""
