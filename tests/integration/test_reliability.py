@@ -292,6 +292,15 @@ def test_export_refuses_wrong_class_truncated_and_foreign_checkpoints(patchcore_
         return err
 
     assert "is not a AMFS checkpoint" in export("AMFS", patchcore_runs[0])
+    # A checkpoint of the right class whose tensors were renamed since (as AMFS's were in issue 11).
+    import torch
+
+    checkpoint = torch.load(patchcore_runs[0], map_location="cpu", weights_only=False)
+    key = next(k for k in checkpoint["state_dict"] if k.startswith("model.memory_bank"))
+    checkpoint["state_dict"][key.replace("memory_bank", "old_name")] = checkpoint["state_dict"].pop(key)
+    renamed = tmp_path / "renamed.ckpt"
+    torch.save(checkpoint, renamed)
+    assert "another anomalib-ext version" in export("Patchcore", renamed)
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(patchcore_runs[0].read_bytes()[: patchcore_runs[0].stat().st_size // 2])
     assert "not a readable checkpoint" in export("Patchcore", truncated)

@@ -88,6 +88,12 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+# Issue 11 renamed AMFS's tensors (model.embedding.*, model.memory.bank) and grouped its ORB settings (orb=).
+OLDER_VERSION = (
+    "If it is one, it was trained by another anomalib-ext version: retrain it, or export it with that version."
+)
+
+
 def _tolerated(key: str) -> bool:
     return key.startswith(TOLERATED_PREFIXES)
 
@@ -104,7 +110,7 @@ def load_model(name: str, ckpt_path: str | Path) -> AnomalibModule:
     except (TypeError, RuntimeError, KeyError) as error:
         # TypeError: its hyper-parameters are another class's; RuntimeError: tensor shapes differ.
         first = str(error).strip().splitlines()[0][:200]
-        msg = f"{wrong_class} ({first}): export it with the --model it was trained with."
+        msg = f"{wrong_class} ({first}): export it with the --model it was trained with. {OLDER_VERSION}"
         raise CheckpointError(msg) from error
     saved = {k for k in checkpoint["state_dict"] if not _tolerated(k)}
     expected = {k for k in model.state_dict() if not _tolerated(k)}
@@ -115,6 +121,6 @@ def load_model(name: str, ckpt_path: str | Path) -> AnomalibModule:
             parts.append(f"it lacks {len(missing)} of the model's tensors (e.g. {', '.join(missing[:2])})")
         if unexpected:
             parts.append(f"it has {len(unexpected)} the model does not know (e.g. {', '.join(unexpected[:2])})")
-        msg = f"{wrong_class}: {' and '.join(parts)}. Export it with the --model it was trained with."
+        msg = f"{wrong_class}: {' and '.join(parts)}. Export it with the --model it was trained with. {OLDER_VERSION}"
         raise CheckpointError(msg)
     return model
