@@ -38,3 +38,24 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not present")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_datamodule(tiny_gpd):
+    """A factory of SyntheticGPD datamodules over ``tiny_gpd`` (batch 4, no workers); keyword overrides."""
+    from anomalib_ext.data import SyntheticGPD
+
+    def make(**overrides):
+        settings = {
+            "num_categories": 1,
+            "generated_size": 128,
+            "train_count": 6,
+            "test_good_count": 3,
+            "defects_per_type": 2,
+            "train_batch_size": 4,
+            "eval_batch_size": 4,
+            "num_workers": 0,
+        }
+        return SyntheticGPD(root=tiny_gpd, **{**settings, **overrides})
+
+    return make

@@ -32,23 +32,7 @@ def _tiny_config(name: str) -> Path:
     return ROOT / "configs" / "models" / f"{name.lower()}_tiny.yaml"
 
 
-def _datamodule(root):
-    from anomalib_ext.data import SyntheticGPD
-
-    return SyntheticGPD(
-        root=root,
-        num_categories=1,
-        generated_size=SIZE,
-        train_count=6,
-        test_good_count=3,
-        defects_per_type=2,
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-    )
-
-
-def _train(name, tiny_gpd, root):
+def _train(name, tiny_datamodule, root):
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
@@ -57,7 +41,7 @@ def _train(name, tiny_gpd, root):
     seed_everything(0)
     model = build_model(_tiny_config(name), size=SIZE, seed=0)
     engine = Engine(default_root_dir=root, logger=False, enable_progress_bar=False)
-    datamodule = _datamodule(tiny_gpd)
+    datamodule = tiny_datamodule()
     engine.fit(model=model, datamodule=datamodule)
     return model, engine, datamodule
 
@@ -70,11 +54,11 @@ def _test_images(tiny_gpd, step=3):
 
 
 @pytest.fixture(scope="module", params=MODELS)
-def trained(request, tiny_gpd, tmp_path_factory):
+def trained(request, tiny_datamodule, tmp_path_factory):
     from anomalib_ext.deploy import export_openvino
 
     root = tmp_path_factory.mktemp(request.param)
-    model, engine, datamodule = _train(request.param, tiny_gpd, root)
+    model, engine, datamodule = _train(request.param, tiny_datamodule, root)
     metrics = engine.test(model=model, datamodule=datamodule, verbose=False)[0]
     folder = export_openvino(model, root / "openvino").parent
     return request.param, model, engine, metrics, folder
@@ -170,11 +154,11 @@ def test_checkpoint_exports_through_the_command_line(trained, tiny_gpd, tmp_path
     np.testing.assert_allclose(from_checkpoint, direct, rtol=1e-4, atol=1e-5)
 
 
-def test_same_seed_gives_the_same_scores(trained, tiny_gpd, tmp_path):
+def test_same_seed_gives_the_same_scores(trained, tiny_gpd, tiny_datamodule, tmp_path):
     from anomalib_ext.host_steps import predict_end_to_end
 
     name, model, _, _, _ = trained
-    again, _, _ = _train(name, tiny_gpd, tmp_path)
+    again, _, _ = _train(name, tiny_datamodule, tmp_path)
     images = _test_images(tiny_gpd)
     first, second = predict_end_to_end(model, images), predict_end_to_end(again, images)
     assert torch.equal(first.pred_score, second.pred_score)

@@ -5,23 +5,6 @@ import pytest
 import torch
 
 
-def _datamodule(root, **kwargs):
-    from anomalib_ext.data import SyntheticGPD
-
-    return SyntheticGPD(
-        root=root,
-        num_categories=1,
-        generated_size=128,
-        train_count=6,
-        test_good_count=3,
-        defects_per_type=2,
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-        **kwargs,
-    )
-
-
 def _amfs(**kwargs):
     from anomalib_ext.models import AMFS
 
@@ -37,12 +20,12 @@ def _amfs(**kwargs):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_gpd, tmp_path_factory):
+def trained(tiny_datamodule, tmp_path_factory):
     from anomalib.engine import Engine
 
     model = _amfs()
     engine = Engine(default_root_dir=tmp_path_factory.mktemp("amfs"), logger=False, enable_progress_bar=False)
-    datamodule = _datamodule(tiny_gpd)
+    datamodule = tiny_datamodule()
     engine.fit(model=model, datamodule=datamodule)
     metrics = engine.test(model=model, datamodule=datamodule)[0]
     return model, engine, datamodule, metrics
@@ -86,12 +69,12 @@ def test_eval_forward_exports_with_a_dynamic_batch(trained):
 
 
 @pytest.mark.parametrize("scoring", ["max", "mean", "linear", "fusion_softmax"])
-def test_other_scoring_modes_and_no_alignment(tiny_gpd, tmp_path, scoring):
+def test_other_scoring_modes_and_no_alignment(tiny_datamodule, tmp_path, scoring):
     from anomalib.engine import Engine
 
     model = _amfs(scoring=scoring, align=False, levels=2)
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
-    engine.fit(model=model, datamodule=_datamodule(tiny_gpd))
+    engine.fit(model=model, datamodule=tiny_datamodule())
     assert model.model.memory.bank.shape[0] == 5
     scores = model.model(torch.rand(2, 3, 128, 128)).pred_score
     assert scores.shape == (2,) and torch.isfinite(scores).all()

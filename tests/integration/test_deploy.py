@@ -17,24 +17,8 @@ def _model(name):
     return build_model(f"configs/models/{name.lower()}_tiny.yaml", size=SIZE)
 
 
-def _datamodule(root):
-    from anomalib_ext.data import SyntheticGPD
-
-    return SyntheticGPD(
-        root=root,
-        num_categories=1,
-        generated_size=SIZE,
-        train_count=6,
-        test_good_count=3,
-        defects_per_type=2,
-        train_batch_size=4,
-        eval_batch_size=4,
-        num_workers=0,
-    )
-
-
 @pytest.fixture(scope="module", params=["Patchcore", "Padim"])
-def exported(request, tiny_gpd, tmp_path_factory):
+def exported(request, tiny_datamodule, tmp_path_factory):
     from anomalib.engine import Engine
 
     from anomalib_ext.deploy import export_openvino
@@ -42,7 +26,7 @@ def exported(request, tiny_gpd, tmp_path_factory):
     model = _model(request.param)
     root = tmp_path_factory.mktemp(request.param)
     engine = Engine(default_root_dir=root, logger=False, enable_progress_bar=False)
-    engine.fit(model=model, datamodule=_datamodule(tiny_gpd))
+    engine.fit(model=model, datamodule=tiny_datamodule())
     xml = export_openvino(model, root / "openvino")
     return request.param, model, xml.parent, engine
 
