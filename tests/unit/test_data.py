@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomalib_ext.data import MVTecLikeFolder, SyntheticGPD, move_seen_anomalies
+from anomalib_ext.data import MVTecLikeFolder, move_seen_anomalies
 from anomalib_ext.data.folder import MVTecLikeDataset
 from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, render_print_layers, semantic_letter_change
 from anomalib_ext.data.mvtec_like import (
@@ -61,33 +61,15 @@ def test_letter_defects_are_semantic():
     assert np.abs(normal - swapped).sum() > 0
 
 
-def test_datamodule_subsets_and_seen_anomalies(tiny_gpd):
-    dm = SyntheticGPD(
-        root=tiny_gpd,
-        num_categories=1,
-        generated_size=128,
-        train_count=6,
-        test_good_count=3,
-        defects_per_type=2,
-        defect_types=["letter"],
-        num_workers=0,
-    )
+def test_datamodule_subsets_and_seen_anomalies(tiny_datamodule):
+    dm = tiny_datamodule(defect_types=["letter"])
     dm.setup()
     test = dm.test_data.samples
     assert set(test.label) == {"good", "letter"} and (test.label == "good").sum() == 3
     item = dm.test_data[int(np.flatnonzero(test.label == "letter")[0])]
     assert item.gt_mask.shape == item.image.shape[-2:] and item.gt_mask.any() and item.gt_label == 1
 
-    seen = SyntheticGPD(
-        root=tiny_gpd,
-        num_categories=1,
-        generated_size=128,
-        train_count=6,
-        test_good_count=3,
-        defects_per_type=2,
-        seen_anomalies=8,
-        num_workers=0,
-    )
+    seen = tiny_datamodule(seen_anomalies=8)
     seen.setup()
     train = seen.train_data.samples
     moved = train[train.label_index == 1]
