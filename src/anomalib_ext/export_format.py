@@ -165,11 +165,11 @@ def read_metadata(folder: Path) -> dict[str, Any]:
     try:
         metadata = json.loads(path.read_text())
     except json.JSONDecodeError as error:
-        msg_0 = f"{path} is not valid JSON ({error}); export the model again."
-        raise ModelFilesError(msg_0) from error
+        msg = f"{path} is not valid JSON ({error}); export the model again."
+        raise ModelFilesError(msg) from error
     if not isinstance(metadata, dict):
-        msg_0 = f"{path} does not hold a JSON object; export the model again."
-        raise ModelFilesError(msg_0)
+        msg = f"{path} does not hold a JSON object; export the model again."
+        raise ModelFilesError(msg)
     found = metadata.get("format_version")
     if found != FORMAT_VERSION:
         written_by = metadata.get("versions", {}).get("anomalib_ext", "an unknown version")

@@ -96,8 +96,8 @@ def make_mvtec_like_samples(category_root: str | Path, category: str | None = No
             raise DatasetLayoutError(msg)
     rows = [("train", "good", p, None) for p in _images_in(train_good)]
     if not rows:
-        msg_0 = f"{train_good} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
-        raise DatasetLayoutError(msg_0)
+        msg = f"{train_good} holds no images ({', '.join(IMAGE_EXTENSIONS)})."
+        raise DatasetLayoutError(msg)
     missing_masks, unmatched = [], []
     for type_dir in sorted(p for p in test_dir.iterdir() if p.is_dir()):
         masks = _masks_by_stem(ground_truth / type_dir.name) if type_dir.name != "good" else {}

@@ -109,8 +109,8 @@ def generate_dataset(
         )
         raise FileExistsError(msg)
     if root.exists() and any(root.iterdir()) and not marker.is_file() and not overwrite:
-        msg_0 = f"{root} exists and is not a SyntheticGPD folder; choose an empty or new folder."
-        raise FileExistsError(msg_0)
+        msg = f"{root} exists and is not a SyntheticGPD folder; choose an empty or new folder."
+        raise FileExistsError(msg)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     total = num_categories * (train_count + test_good_count + defects_per_type * len(defect_types))
