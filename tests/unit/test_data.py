@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import numpy as np
@@ -206,3 +207,45 @@ def test_make_gpd_command(tmp_path, capsys):
     )
     assert sorted(p.name for p in (out / "p001" / "test").iterdir()) == ["good", "hole", "letter"]
     assert not (tmp_path / "made.partial").exists() and "written" in capsys.readouterr().out
+
+
+# ---- word-grid prints (semantic letter defects) ------------------------------------------------
+def test_word_grid_letter_defects_keep_every_word_a_word_of_the_print():
+    from anomalib_ext.data.word_grid import make_word_grid, one_letter_neighbours, semantic_grid_change
+
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        grid = make_word_grid(rng)
+        assert len(set(grid.vocabulary)) == len(grid.vocabulary)
+        assert all(one_letter_neighbours(grid.vocabulary, i) for i in range(len(grid.vocabulary)))
+        assert min(grid.cells.count(i) for i in range(len(grid.vocabulary))) >= 2  # every word occurs elsewhere too
+        changed = semantic_grid_change(grid, rng)
+        assert changed != grid.cells and sorted(set(changed)) == sorted(set(grid.cells))
+        differing = [i for i, (a, b) in enumerate(zip(grid.cells, changed, strict=True)) if a != b]
+        words, new_words = grid.words(), grid.words(changed)
+        if len(differing) == 1:  # one letter of one word changed, into another word of the vocabulary
+            (i,) = differing
+            assert sum(a != b for a, b in zip(words[i], new_words[i], strict=True)) == 1
+        else:  # two horizontally adjacent words swapped
+            i, j = differing
+            assert j == i + 1 and j % grid.columns != 0
+            assert (new_words[i], new_words[j]) == (words[j], words[i])
+
+
+def test_word_grid_categories_follow_the_classic_ones_unchanged(tmp_path):
+    from anomalib_ext.data.synthetic_gpd import generate_dataset
+
+    small = {
+        "image_size": 96,
+        "train_count": 2,
+        "test_good_count": 1,
+        "defects_per_type": 1,
+        "defect_types": ["letter"],
+    }
+    classic = generate_dataset(tmp_path / "classic", num_categories=1, **small)
+    both = generate_dataset(tmp_path / "both", num_categories=1, word_grid_categories=1, **small)
+    for path in sorted((classic / "p001").rglob("*.*")):  # the classic design is byte-identical
+        assert path.read_bytes() == (both / path.relative_to(classic)).read_bytes()
+    masks = sorted((both / "p002" / "ground_truth" / "letter").glob("*.png"))
+    assert masks and (both / "p002" / "train" / "good" / "000.jpg").is_file()
+    assert json.loads((classic / "synthetic_gpd.json").read_text()).get("word_grid_categories") is None

@@ -1,6 +1,8 @@
 """Render printed garments: woven fabric, a print, GPD's eight defect types, and a photograph of it.
 
-The print holds a word, a number and a logo; the "photograph" varies pose and lighting.
+The print holds a word, a number and a logo (classic designs) or a grid of words and a logo (word-grid
+designs, :mod:`anomalib_ext.data.word_grid`: semantic letter defects); the "photograph" varies pose and
+lighting.
 
 Everything is drawn in a fixed *design frame* first; the defect mask is where the defective design
 differs from the normal design, so masks are exact for every defect type. The photo step then warps
@@ -9,11 +11,14 @@ image and mask together with a random homography, which is why alignment matters
 
 from __future__ import annotations
 
+import dataclasses
 import string
 from dataclasses import dataclass
 
 import cv2
 import numpy as np
+
+from anomalib_ext.data.word_grid import WordGrid, draw_word_grid, make_word_grid, semantic_grid_change
 
 DEFECT_TYPES = ("color", "dim", "hole", "letter", "miss", "over", "scratch", "stain")
 WORDS = ("SPORT", "URBAN", "WILD", "BRAVE", "OCEAN", "TIGER", "NORTH", "PLANET", "ROCKET", "MAGIC", "LEGEND", "STORM")
@@ -35,6 +40,7 @@ class PrintDesign:
     font: int
     logo: str
     photo_jitter: float  # strength of pose changes between photographs
+    grid: WordGrid | None = None  # a word-grid print (no word, no number) when set
 
 
 def make_design(rng: np.random.Generator, size: int) -> PrintDesign:
@@ -69,6 +75,11 @@ def make_design(rng: np.random.Generator, size: int) -> PrintDesign:
     )
 
 
+def make_word_grid_design(rng: np.random.Generator, size: int) -> PrintDesign:
+    """A word-grid print: the colours, font and logo of :func:`make_design`, a grid of words for the text."""
+    return dataclasses.replace(make_design(rng, size), grid=make_word_grid(rng))
+
+
 def _letter_layout(design: PrintDesign, word: str) -> tuple[list[tuple[int, int]], float, int]:
     """Fixed letter cells of the design word, so a swapped/replaced letter lands in the same cell."""
     s = design.size
@@ -89,7 +100,8 @@ def _draw_word(canvas: np.ndarray, design: PrintDesign, word: str) -> None:
 
 def _draw_logo(canvas: np.ndarray, design: PrintDesign) -> None:
     s = design.size
-    cx, cy, r = s // 2, int(s * 0.64), int(s * 0.09)
+    # Word grids fill the middle of the print: their logo sits below, smaller.
+    cx, cy, r = (s // 2, int(s * 0.87), int(s * 0.06)) if design.grid else (s // 2, int(s * 0.64), int(s * 0.09))
     angles = np.linspace(
         0,
         2 * np.pi,
@@ -101,12 +113,23 @@ def _draw_logo(canvas: np.ndarray, design: PrintDesign) -> None:
     cv2.fillPoly(canvas, [points], 255, cv2.LINE_AA)
 
 
-def render_print_layers(design: PrintDesign, word: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Coverage maps (HxW float in [0, 1]) of the main ink (word + number) and the accent ink (logo)."""
+def render_print_layers(
+    design: PrintDesign,
+    word: str | None = None,
+    cells: tuple[int, ...] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage maps (HxW float in [0, 1]) of the main ink (word + number, or the word grid) and the accent ink (logo).
+
+    ``word`` / ``cells``: the classic word or the grid's cells to draw instead of the design's (defects).
+    """
     s = design.size
     # OpenCV draws text only on 8-bit images: draw at 255, return coverage in [0, 1].
     ink = np.zeros((s, s), np.uint8)
     accent = np.zeros((s, s), np.uint8)
+    if design.grid is not None:
+        draw_word_grid(ink, design.grid, design.font, cells)
+        _draw_logo(accent, design)
+        return ink.astype(np.float32) / 255, accent.astype(np.float32) / 255
     _draw_word(ink, design, word or design.word)
     scale = s / 512 * 1.3
     (w, _), _ = cv2.getTextSize(design.number, design.font, scale, 3)
@@ -193,7 +216,10 @@ def render_design(design: PrintDesign, rng: np.random.Generator, defect: str | N
     if defect is None:
         return normal, np.zeros((s, s), bool)
     radius = s * rng.uniform(0.04, 0.09)
-    if defect == "letter":
+    if defect == "letter" and design.grid is not None:
+        d_ink, _ = render_print_layers(design, cells=semantic_grid_change(design.grid, rng))
+        image = compose(fabric, design, d_ink, accent)
+    elif defect == "letter":
         d_ink, _ = render_print_layers(design, semantic_letter_change(design, rng))
         image = compose(fabric, design, d_ink, accent)
     elif defect in {"color", "dim", "miss"}:

@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from anomalib_ext.data.folder import MVTecLikeFolder
-from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, photograph, render_design
+from anomalib_ext.data.garment_print import DEFECT_TYPES, make_design, make_word_grid_design, photograph, render_design
 
 COMPLETE_MARKER = "synthetic_gpd.json"
 
@@ -50,9 +50,14 @@ def generate_category(
     defects_per_type: int,
     defect_types: Sequence[str] = DEFECT_TYPES,
     progress: tqdm | None = None,
+    word_grid: bool = False,
 ) -> None:
-    """Write one category (one garment print) with its train, test and ground-truth folders."""
-    design = make_design(np.random.default_rng([seed, index]), image_size)
+    """Write one category (one garment print) with its train, test and ground-truth folders.
+
+    ``word_grid``: a word-grid print (:mod:`anomalib_ext.data.word_grid`) instead of a classic one.
+    """
+    make = make_word_grid_design if word_grid else make_design
+    design = make(np.random.default_rng([seed, index]), image_size)
     jobs = [("train", "good", i) for i in range(train_count)] + [("test", "good", i) for i in range(test_good_count)]
     jobs += [("test", defect, i) for defect in defect_types for i in range(defects_per_type)]
     for split, label, i in jobs:
@@ -81,8 +86,13 @@ def generate_dataset(
     defect_types: Sequence[str] = DEFECT_TYPES,
     seed: int = 0,
     overwrite: bool = False,
+    word_grid_categories: int = 0,
 ) -> Path:
-    """Generate SyntheticGPD into ``root`` (atomically) and return it; a complete one is reused."""
+    """Generate SyntheticGPD into ``root`` (atomically) and return it; a complete one is reused.
+
+    ``num_categories`` classic prints (``p001`` ...) are followed by ``word_grid_categories`` word-grid
+    prints (the next names), whose letter defects are semantic (:mod:`anomalib_ext.data.word_grid`).
+    """
     root = Path(root)
     settings = {
         "num_categories": num_categories,
@@ -93,6 +103,8 @@ def generate_dataset(
         "defect_types": list(defect_types),
         "seed": seed,
     }
+    if word_grid_categories:  # absent when 0: sets written before word grids existed stay valid
+        settings["word_grid_categories"] = word_grid_categories
     unknown = set(defect_types) - set(DEFECT_TYPES)
     if unknown:
         msg = f"Unknown defect types {sorted(unknown)}; choose from {DEFECT_TYPES}"
@@ -113,9 +125,11 @@ def generate_dataset(
         raise FileExistsError(msg)
     partial = root.with_name(root.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    total = num_categories * (train_count + test_good_count + defects_per_type * len(defect_types))
+    total = (num_categories + word_grid_categories) * (
+        train_count + test_good_count + defects_per_type * len(defect_types)
+    )
     with tqdm(total=total, desc=f"Generating SyntheticGPD in {root}", unit="img") as progress:
-        for index, name in enumerate(category_names(num_categories)):
+        for index, name in enumerate(category_names(num_categories + word_grid_categories)):
             generate_category(
                 partial / name,
                 index,
@@ -126,6 +140,7 @@ def generate_dataset(
                 defects_per_type=defects_per_type,
                 defect_types=defect_types,
                 progress=progress,
+                word_grid=index >= num_categories,
             )
     (partial / COMPLETE_MARKER).write_text(json.dumps(settings, indent=1))
     if root.exists():
@@ -151,6 +166,8 @@ class SyntheticGPD(MVTecLikeFolder):
         category: ``p001`` … (one, a list, or ``None`` for all).
         num_categories, generated_size, train_count, test_good_count, defects_per_type, generator_seed:
             generator settings (GPD has ~40 training images per category; defaults mirror that).
+        word_grid_categories: word-grid prints after the classic ones (``p005``, ``p006`` ... with the
+            defaults), whose letter defects are locally normal (:mod:`anomalib_ext.data.word_grid`).
             ``generated_size`` is the side of the written images (anomalib reserves ``image_size``
             in configs for the model input size and turns it into a tuple).
         Other arguments: see :class:`MVTecLikeFolder` (defect_types / max_defect_area subsets,
@@ -167,6 +184,7 @@ class SyntheticGPD(MVTecLikeFolder):
         test_good_count: int = 16,
         defects_per_type: int = 6,
         generator_seed: int = 0,
+        word_grid_categories: int = 0,
         **kwargs,
     ) -> None:
         self.generator_settings = {
@@ -177,6 +195,8 @@ class SyntheticGPD(MVTecLikeFolder):
             "defects_per_type": defects_per_type,
             "seed": generator_seed,
         }
+        if word_grid_categories:  # absent when 0, so the default keeps its cache folder
+            self.generator_settings["word_grid_categories"] = word_grid_categories
         super().__init__(root=root or default_root(**self.generator_settings), category=category, **kwargs)
 
     def prepare_data(self) -> None:
@@ -199,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--defects-per-type", type=int, default=6)
     parser.add_argument("--defect-types", nargs="+", default=list(DEFECT_TYPES), choices=DEFECT_TYPES)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--word-grid-categories", type=int, default=0, help="word-grid prints after the classic ones")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     root = generate_dataset(
@@ -211,6 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         defect_types=args.defect_types,
         seed=args.seed,
         overwrite=args.overwrite,
+        word_grid_categories=args.word_grid_categories,
     )
     print(f"SyntheticGPD written to {root}")
     return 0
