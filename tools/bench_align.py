@@ -6,18 +6,32 @@ estimated and by the true homography.
 
     python tools/bench_align.py --size 512 --images 40 --detect-scale 1.0 0.5 --pyramid-levels 8 4
     python tools/bench_align.py --size 512 --images 24 --designs 12 --detect-scale 1.0 --reference first best
+    python tools/bench_align.py --size 512 --images 40 --designs 4 --detect-scale 1.0 --word-grid   # repetitive prints
+
+``wrong warps`` counts alignments that passed the sanity checks with a corner error above 10 px: a wrong
+warp that is not reported as a failure (repetitive prints give ambiguous ORB matches).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import re
 import statistics
 import time
+from collections import Counter
 
 import cv2
 import numpy as np
 import torch
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
 
 
 def corner_error(estimated: np.ndarray, true: np.ndarray, size: int) -> float:
@@ -33,11 +47,27 @@ def coverage(homography: np.ndarray, size: int) -> float:
     return float(cv2.warpPerspective(ones, homography, (size, size), flags=cv2.INTER_NEAREST, borderValue=0).mean())
 
 
-def photographs(design_seed: int, count: int, size: int) -> tuple[list[torch.Tensor], list[np.ndarray]]:
-    """``count`` photographs of one printed design and their true poses (design frame -> photo)."""
-    from anomalib_ext.data.garment_print import make_design, photograph, random_pose, render_design
+WRONG_WARP_PX = 10.0
 
-    design = make_design(np.random.default_rng(design_seed), size)
+
+def photographs(
+    design_seed: int,
+    count: int,
+    size: int,
+    *,
+    word_grid: bool = False,
+) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+    """``count`` photographs of one printed design and their true poses (design frame -> photo)."""
+    from anomalib_ext.data.garment_print import (
+        make_design,
+        make_word_grid_design,
+        photograph,
+        random_pose,
+        render_design,
+    )
+
+    make = make_word_grid_design if word_grid else make_design
+    design = make(np.random.default_rng(design_seed), size)
     shots, poses = [], []
     for i in range(count):
         rng = np.random.default_rng([design_seed, i])
@@ -62,12 +92,15 @@ def main() -> None:
         choices=["first", "best"],
         help="AMFS's reference choice: the first photograph or the one others align to best",
     )
+    parser.add_argument(
+        "--word-grid", action="store_true", help="word-grid prints (repetitive text) instead of classic ones"
+    )
     args = parser.parse_args()
 
     from anomalib_ext.transforms import ORBAlign
     from anomalib_ext.transforms.align import ORBSettings, choose_reference
 
-    data = [photographs(seed, args.images + 1, args.size) for seed in range(args.designs)]
+    data = [photographs(seed, args.images + 1, args.size, word_grid=args.word_grid) for seed in range(args.designs)]
     settings = [
         (scale, levels, mode)
         for scale in args.detect_scale
@@ -76,7 +109,7 @@ def main() -> None:
     ]
     for scale, levels, mode in settings:
         orb = ORBSettings(detect_scale=scale, pyramid_levels=levels)
-        times, errors, covered, failures, picks = [], [], [], 0, []
+        times, errors, covered, failures, picks, reasons = [], [], [], 0, [], Counter()
         for shots, poses in data:
             ref = choose_reference(shots, mode, orb)
             picks.append(ref)
@@ -92,14 +125,20 @@ def main() -> None:
                         corner_error(align.last_result.homography, poses[ref] @ np.linalg.inv(pose), args.size),
                     )
                     covered.append(coverage(align.last_result.homography, args.size))
+                else:
+                    reasons[re.sub(r"[\d.]+", "N", align.last_result.reason)] += 1  # "only N RANSAC inliers"
             failures += align.failures
+        wrong = sum(e > WRONG_WARP_PX for e in errors)
         print(
+            f"{'word-grid' if args.word_grid else 'classic'} prints: "
             f"ORBAlign {args.size}x{args.size} detect_scale={scale} pyramid_levels={levels} reference={mode} "
             f"(picked {picks}): median {statistics.median(times):.1f} ms, p90 {np.percentile(times, 90):.1f} ms "
             "per image (estimate + warp); "
-            f"corner error median {statistics.median(errors):.2f} px, max {max(errors):.2f} px; "
-            f"{failures} fallbacks of {len(times)}; canvas covered by the input mean {np.mean(covered):.3f}, "
-            f"min {min(covered):.3f}; OpenCV threads {cv2.getNumThreads()}, torch threads {torch.get_num_threads()}",
+            f"corner error median {_median(errors):.2f} px, max {max(errors, default=np.nan):.2f} px; "
+            f"{failures} fallbacks of {len(times)}, {wrong} wrong warps (> {WRONG_WARP_PX:.0f} px) passed the checks; "
+            f"fallback reasons {dict(reasons)}; canvas covered by the input mean {_mean(covered):.3f}, "
+            f"min {min(covered, default=np.nan):.3f}; OpenCV threads {cv2.getNumThreads()}, "
+            f"torch threads {torch.get_num_threads()}",
         )
 
 
