@@ -18,11 +18,15 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def import_class(class_path: str) -> type:
-    """``package.module.Class`` -> the class (short names resolve in ``anomalib.models`` after registration)."""
-    if "." not in class_path:
-        from anomalib_ext import register
+    """``package.module.Class`` -> the class (short names resolve in ``anomalib.models``).
 
-        register()
+    Registers the plugin first (idempotent): besides our names, that points timm at the offline ImageNet
+    weights, without which anomalib's own models (Patchcore, Padim) would try to download theirs.
+    """
+    from anomalib_ext import register
+
+    register()
+    if "." not in class_path:
         import anomalib.models
 
         return getattr(anomalib.models, class_path)
