@@ -159,6 +159,11 @@ def run_job(job: dict[str, Any], out: Path) -> dict[str, Any]:
     return row
 
 
+def _export_folder(work: Path, prefix: str) -> Path:
+    """Where a job keeps its ``ov_fp32`` / ``ov_int8`` export: ``work/openvino_fp32`` / ``work/openvino_int8``."""
+    return work / f"openvino_{prefix.removeprefix('ov_')}"
+
+
 def _deploy(job: dict[str, Any], model: AnomalibModule, data: Any, work: Path, stages: set[str]) -> dict[str, Path]:  # ruff: ignore[any-type]
     """The export folders the job's stages ask for: ``ov_fp32`` (export), ``ov_int8`` (int8)."""
     from anomalib_ext.deploy.export import export_openvino
@@ -168,13 +173,13 @@ def _deploy(job: dict[str, Any], model: AnomalibModule, data: Any, work: Path, s
     if not stages & {"export", "int8"}:
         return folders
     size = job["size"]
-    folders["ov_fp32"] = export_openvino(model, work / "openvino_fp32", (size, size)).parent
+    folders["ov_fp32"] = export_openvino(model, _export_folder(work, "ov_fp32"), (size, size)).parent
     if "int8" in stages:
         train_good = Path(data.root) / data.category / "train" / "good"  # INT8 calibration: normal training images
         xml = quantize_openvino(
             folders["ov_fp32"],
             train_good,
-            work / "openvino_int8",
+            _export_folder(work, "ov_int8"),
             subset_size=job.get("int8_subset_size", 300),
         )
         folders["ov_int8"] = xml.parent
@@ -189,9 +194,6 @@ def retime(job: dict[str, Any], out: Path) -> dict[str, Any]:
     samples = make_mvtec_like_samples(Path(data.root) / data.category)
     _, raw = sample_test_images(samples[samples.split == "test"], job["size"])
     work = out / "work" / job["name"]
-    folders = {
-        name: work / f"openvino_{name[3:]}"
-        for name in ("ov_fp32", "ov_int8")
-        if (work / f"openvino_{name[3:]}").is_dir()
-    }
+    folders = {name: _export_folder(work, name) for name in ("ov_fp32", "ov_int8")}
+    folders = {name: folder for name, folder in folders.items() if folder.is_dir()}
     return openvino_row(folders, None, raw, accuracy=False, timing=True, repeats=job.get("repeats", 20))

@@ -44,8 +44,7 @@ class HostStepsMixin:
         steps = self.host_steps()
         prepared, states = steps.prepare(images)
         output = self.model(prepared)
-        anomaly_map = steps.restore(output.anomaly_map, states) if steps else output.anomaly_map
-        return {"pred_score": output.pred_score, "anomaly_map": anomaly_map}
+        return {"pred_score": output.pred_score, "anomaly_map": steps.restore(output.anomaly_map, states)}
 
     def predict_end_to_end(self, images: torch.Tensor) -> InferenceBatch:
         """Normalised scores and maps as the deployed model gives them (see :func:`host_steps.predict_end_to_end`)."""
