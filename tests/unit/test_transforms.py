@@ -138,3 +138,75 @@ def test_pyramid_exports_with_dynamic_batch():
     for n in (1, 5):
         x = torch.rand(n, 3, 64, 64)
         assert torch.allclose(program.module()(x), SplitSplice()(x))
+
+
+def _print_photographs(design_seed, count, *, word_grid):
+    """Photographs of one SyntheticGPD print design (512 px) with their true poses (design -> photo)."""
+    from anomalib_ext.data.garment_print import make_design, make_word_grid_design, photograph, render_design
+
+    design = (make_word_grid_design if word_grid else make_design)(np.random.default_rng(design_seed), 512)
+    shots, poses = [], []
+    for i in range(count):
+        rng = np.random.default_rng([design_seed, i])
+        image, mask = render_design(design, rng, None)
+        state = rng.bit_generator.state
+        shots.append(photograph(image, mask, design, rng)[0])
+        rng.bit_generator.state = state
+        from anomalib_ext.data.garment_print import random_pose
+
+        poses.append(random_pose(design, rng))
+    return [(s * 255).astype(np.uint8) for s in shots], poses
+
+
+def _centre_error(estimated, true, size=512):
+    """Mean error over the central half of the image, where the word grid is printed."""
+    grid = np.float32([
+        [x, y] for x in np.linspace(size / 4, 3 * size / 4, 5) for y in np.linspace(size / 4, 3 * size / 4, 5)
+    ])
+    a = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), estimated)
+    b = cv2.perspectiveTransform(grid.reshape(-1, 1, 2), true)
+    return float(np.linalg.norm(a - b, axis=-1).mean())
+
+
+def test_guided_alignment_registers_repetitive_word_grids_where_the_authors_recipe_fails():
+    shots, poses = _print_photographs(1, 7, word_grid=True)
+    guided = ReferenceFeatures(shots[0], ORBSettings())
+    ransac = ReferenceFeatures(shots[0], ORBSettings(method="ransac", n_features=500))
+    guided_ok, ransac_ok = 0, 0
+    for shot, pose in zip(shots[1:], poses[1:], strict=True):
+        result = estimate_homography(shot, guided)
+        ransac_ok += estimate_homography(shot, ransac).ok
+        if result.ok:
+            guided_ok += 1
+            assert _centre_error(result.homography, poses[0] @ np.linalg.inv(pose)) < 3.0
+    assert guided_ok >= 5
+    assert ransac_ok <= 1  # repeated words pair wrong letters: this is what the guided method repairs
+
+
+def test_agreement_separates_right_from_wrong_warps():
+    from anomalib_ext.transforms.align import agreement, gradient_energy
+
+    shots, poses = _print_photographs(0, 2, word_grid=False)
+    reference = ReferenceFeatures(shots[0], ORBSettings())
+    true = poses[0] @ np.linalg.inv(poses[1])
+    energy = gradient_energy(to_gray_uint8(shots[1]))
+    shifted = np.array([[1, 0, 60.0], [0, 1, 0], [0, 0, 1]]) @ true
+    assert agreement(true, energy, reference) > 0.9
+    assert agreement(shifted, energy, reference) < ORBSettings().min_agreement
+
+
+def test_a_warp_that_disagrees_with_the_reference_is_a_reported_failure_not_a_silent_one():
+    # Another print design in the same font: guided matching finds a warp that explains >= 12 matches
+    # (letters pair with letters), and only the agreement check stops it.
+    one, _ = _print_photographs(0, 1, word_grid=False)
+    for design in (3, 7):
+        other, _ = _print_photographs(design, 1, word_grid=False)
+        result = estimate_homography(other[0], ReferenceFeatures(one[0], ORBSettings()))
+        assert not result.ok and "does not match the reference" in result.reason
+        assert result.inliers >= ORBSettings().min_inliers
+        assert np.array_equal(result.homography, np.eye(3))
+
+
+def test_unknown_alignment_method_is_refused_at_construction():
+    with pytest.raises(ValueError, match="guided"):
+        ORBSettings(method="sift")
