@@ -210,3 +210,27 @@ def test_a_warp_that_disagrees_with_the_reference_is_a_reported_failure_not_a_si
 def test_unknown_alignment_method_is_refused_at_construction():
     with pytest.raises(ValueError, match="guided"):
         ORBSettings(method="sift")
+
+
+def test_gradient_energy_is_the_same_in_every_process():
+    # cv2.magnitude's SIMD square root changed the last bit with the memory alignment of the arrays the
+    # bindings allocate, which differs between processes: the Inferencer then aligned some images
+    # differently from the model it was exported from. Several processes, each with its own allocations.
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, sys, numpy as np, cv2\n"
+        "keep = [np.empty(int(n)) for n in sys.argv[1:]]\n"
+        "from anomalib_ext.transforms.align import gradient_energy\n"
+        "rng = np.random.default_rng(0)\n"
+        "gray = cv2.GaussianBlur(rng.integers(0, 255, (256, 256), dtype=np.uint8), (0, 0), 2)\n"
+        "print(hashlib.md5(b''.join(gradient_energy(gray[i:]).tobytes() for i in range(8))).hexdigest())\n"
+    )
+    hashes = {
+        subprocess.run(
+            [sys.executable, "-c", script, *sizes], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for sizes in (["1"], ["3", "77"], ["5", "1001", "13"])
+    }
+    assert len(hashes) == 1

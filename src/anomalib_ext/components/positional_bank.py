@@ -78,5 +78,7 @@ class PositionalBank(DynamicBufferMixin, nn.Module):
         # Undo the shift: the distance of p at offset o sits at q = p + o. Offsets that leave the grid
         # (p + o outside) read the padding and never win the minimum.
         squared = F.pad(squared, (r, r, r, r), value=OUTSIDE)
-        back = torch.stack([squared[k, :, r + dy : r + dy + h, r + dx : r + dx + w] for k, (dy, dx) in enumerate(offsets)])
+        back = torch.stack([
+            squared[k, :, r + dy : r + dy + h, r + dx : r + dx + w] for k, (dy, dx) in enumerate(offsets)
+        ])
         return back.amin(dim=0).clamp_min(0).sqrt()

@@ -230,8 +230,11 @@ def gradient_energy(gray: np.ndarray) -> np.ndarray:
     """
     small = cv2.resize(gray, (COARSE_SIZE, COARSE_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
     small = cv2.GaussianBlur(small, (0, 0), 0.7)
-    magnitude = cv2.magnitude(cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1))
-    return cv2.GaussianBlur(magnitude, (0, 0), 1.5)
+    gx, gy = cv2.Sobel(small, cv2.CV_32F, 1, 0), cv2.Sobel(small, cv2.CV_32F, 0, 1)
+    # numpy's sqrt, not cv2.magnitude: OpenCV's SIMD square root differs in the last bit with the array's
+    # memory alignment, which changed alignments between processes (measured) — and an Inferencer must
+    # align exactly as the model did.
+    return cv2.GaussianBlur(np.sqrt(gx * gx + gy * gy), (0, 0), 1.5)
 
 
 def _coarse_scale(shape: tuple[int, int]) -> np.ndarray:

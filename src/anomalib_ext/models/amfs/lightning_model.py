@@ -1,8 +1,12 @@
 """AMFS — Aligned Matching and Fused Scoring (PRCV 2024) as an anomalib model.
 
 ``anomalib train --model AMFS --data SyntheticGPD`` — every training and test image is aligned to a
-reference training image (I-RA), scored against per-block coresets of a pyramid (A-MES), and the block
-scores are fused by F_fusion. Maps are returned in the input image's frame.
+reference training image (I-RA) and each patch is compared with what the training images show at the
+same aligned place (``matching="positional"``, default), or scored against per-block coresets of a
+pyramid with F_fusion (``matching="blocks"``, the paper's A-MES: ``configs/models/amfs_paper.yaml``).
+Where alignment cannot help (most training images do not register, or too few images for positional
+banks) it falls back to PatchCore behaviour — a global bank, no alignment — and says so in the log and
+the checkpoint. Maps are returned in the input image's frame.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.amfs.synthetic import check_fusion_anomalies, fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
 from anomalib_ext.models.base import HostStepsMixin
-from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, to_uint8_hwc
+from anomalib_ext.transforms.align import AlignmentStep, BatchAligner, ORBSettings, choose_reference, to_uint8_hwc
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +47,17 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         pre_trained: ImageNet weights (never silently random: see ``anomalib_ext.backbones``).
         backbone_weights: a weights file for the backbone.
         levels: pyramid levels N (paper default 3 → 21 blocks).
-        coreset_sampling_ratio: coreset fraction per block bank (paper 1%).
+        matching: ``positional`` (default: each patch against the training patches within ``radius`` cells of
+            its aligned position, full feature resolution), ``blocks`` (the paper's per-block banks + ``scoring``)
+            or ``both`` (the worse of the two).
+        radius: positional window in feature cells per axis (a cell is 8 px at the default layers).
+        positional_max_images: at most this many training images in the positional bank (memory grows with
+            it: images x D x h x w floats); a seeded random subset beyond.
+        max_align_failures: if more than this fraction of training images fail to align, fall back to a
+            global bank (PatchCore behaviour) without alignment.
+        min_positional_images: fall back to the global bank if fewer training images than this are
+            available for the positional bank.
+        coreset_sampling_ratio: coreset fraction per block bank (paper 1%), and of the global fallback bank.
         num_neighbors: k for PatchCore's score re-weighting (9).
         scoring: ``fusion`` (F_fusion, paper: w_ij = F(m_ij), sigmoid-bounded), ``fusion_softmax`` (weights
             normalised over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``.
@@ -75,6 +89,11 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         levels: int = 3,
+        matching: str = "positional",
+        radius: int = 1,
+        positional_max_images: int = 128,
+        max_align_failures: float = 0.5,
+        min_positional_images: int = 8,
         coreset_sampling_ratio: float = 0.01,
         num_neighbors: int = 9,
         scoring: str = "fusion",
@@ -109,7 +128,13 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             levels=levels,
             num_neighbors=num_neighbors,
             scoring=scoring,
+            matching=matching,
+            radius=radius,
         )
+        self.positional_max_images = positional_max_images
+        self.max_align_failures = max_align_failures
+        self.min_positional_images = min_positional_images
+        self.fallback_reason = ""  # why the global bank replaced the positional/block banks ("" = it did not)
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.align = align
         self.reference_mode = reference
@@ -189,33 +214,79 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         images = self._images_in_path_order()
         if len(images) < 3:
             msg = f"AMFS needs at least 3 normal training images (reference, banks, fusion), got {len(images)}."
-            raise ValueError(
-                msg,
-            )
+            raise ValueError(msg)
+        self.model.global_memory.bank = torch.empty(0, device=self.device)  # a refit decides afresh
+        self.fallback_reason = ""
         ref_index = choose_reference(images, self.reference_mode, self.orb) if self.align else 0
         self.model.reference = torch.from_numpy(to_uint8_hwc(images[ref_index])).to(self.device)
         self._host_steps = None
         rest = [img for i, img in enumerate(images) if i != ref_index]
-        rng = np.random.default_rng(self.seed)
-        n_holdout = round(len(rest) * self.fusion_holdout) if self.model.fusion.trainable else 0
-        n_holdout = min(max(n_holdout, 1 if self.model.fusion.trainable else 0), len(rest) - 1, self.fusion_max_images)
-        order = rng.permutation(len(rest))
-        holdout = [rest[i] for i in order[:n_holdout]]
-        bank_images = [rest[i] for i in order[n_holdout:]]
-        embeddings = self._embed_all(self._aligned_float(bank_images))
-        aligner = self._alignment.aligner if self.align else None
-        if aligner is not None and aligner.failures > 0.5 * aligner.total:
-            # Textures and freely rotating parts have nothing to register; say so once, clearly.
-            logger.warning(
-                "AMFS I-RA fell back to the identity for %d of %d training images: these images cannot be "
-                "registered to the reference, so the banks are positional but unaligned. Set align=False to skip "
-                "the alignment cost.",
-                aligner.failures,
-                aligner.total,
+        aligned_rest = self._aligned_float(rest)
+        reason = self._fallback_reason(len(images))
+        if reason:
+            self._fit_global(images, reason)
+        else:
+            if self.model.uses_blocks:
+                self._fit_blocks(rest, aligned_rest)
+            if self.model.uses_positional:
+                self._fit_positional(images[ref_index], aligned_rest)
+        self._train_images = []
+
+    def _fallback_reason(self, num_images: int) -> str:
+        """Why positional/block banks cannot work here ("" if they can), from the alignment of the training images."""
+        aligner = self._aligner()
+        if aligner is not None and aligner.failures > self.max_align_failures * aligner.total:
+            return (
+                f"{aligner.failures} of {aligner.total} training images could not be aligned to the reference "
+                f"(more than max_align_failures={self.max_align_failures})"
             )
+        if self.model.matching != "blocks" and num_images < self.min_positional_images:
+            return f"only {num_images} training images (min_positional_images={self.min_positional_images})"
+        return ""
+
+    def _fit_global(self, images: list[torch.Tensor], reason: str) -> None:
+        """PatchCore behaviour: one coreset over every patch of the unaligned images; no alignment at inference."""
+        self.fallback_reason = reason
+        logger.warning(
+            "AMFS falls back to a global memory bank without alignment (PatchCore behaviour): %s. Positional "
+            "matching needs images that register to one reference (prints, fixed parts); this is recorded in "
+            "the checkpoint and the export has no alignment step.",
+            reason,
+        )
+        batch = torch.stack(images).to(self.device).float().div(255)
+        features = torch.cat([self.model.embed_full(chunk) for chunk in batch.split(8)])
+        self.model.fit_global(features, self.coreset_sampling_ratio, seed=self.seed)
+        self._host_steps = HostPipeline()
+        logger.info("AMFS global bank: %d features (from %d images)", len(self.model.global_memory), len(images))
+
+    def _fit_positional(self, reference: torch.Tensor, aligned_rest: torch.Tensor) -> None:
+        """Every aligned training image's feature grid (the reference included), at most positional_max_images."""
+        aligned = torch.cat([reference.to(aligned_rest.device).float().div(255)[None], aligned_rest])
+        if len(aligned) > self.positional_max_images:
+            keep = np.sort(np.random.default_rng(self.seed).permutation(len(aligned))[: self.positional_max_images])
+            aligned = aligned[torch.from_numpy(keep).to(aligned.device)]
+        features = torch.cat([self.model.embed_full(chunk) for chunk in aligned.split(8)])
+        self.model.fit_positional(features)
+        logger.info(
+            "AMFS positional bank: %d images x %d x %d positions, radius %d",
+            len(aligned),
+            *features.shape[-2:],
+            self.model.positional.radius,
+        )
+
+    def _fit_blocks(self, rest: list[torch.Tensor], aligned_rest: torch.Tensor) -> None:
+        """The paper's A-MES: per-block coresets; F_fusion on held-out images when ``matching="blocks"``."""
+        trains_fusion = self.model.matching == "blocks" and self.model.fusion.trainable
+        rng = np.random.default_rng(self.seed)
+        n_holdout = round(len(rest) * self.fusion_holdout) if trains_fusion else 0
+        n_holdout = min(max(n_holdout, 1 if trains_fusion else 0), len(rest) - 1, self.fusion_max_images)
+        order = torch.from_numpy(rng.permutation(len(rest))).to(aligned_rest.device)
+        aligned_holdout, aligned_bank = aligned_rest[order[:n_holdout]], aligned_rest[order[n_holdout:]]
+        embeddings = self._embed_all(aligned_bank)
         self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
-        if holdout:
-            aligned_holdout = self._aligned_float(holdout)
+        banked = len(aligned_bank)
+        if n_holdout:
+            aligner = self._aligner()
             maps, scores, labels = fusion_training_set(
                 self.model,
                 aligned_holdout,
@@ -229,13 +300,12 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             if self.holdout_to_banks:
                 embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])
                 self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
-                bank_images = rest
+                banked = len(rest)
         logger.info(
             "AMFS banks: %d blocks x %d features (from %d images)",
             *self.model.memory.bank.shape[:2],
-            len(bank_images),
+            banked,
         )
-        self._train_images = []
 
     def _embed_all(self, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.model.embed(chunk)[0] for chunk in images.split(8)])
@@ -246,8 +316,8 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
 
     # ---- host steps (validation/test/predict steps and export routes: HostStepsMixin) --------------
     def host_steps(self) -> HostPipeline:
-        """Alignment to the reference training image when ``align`` (I-RA); none otherwise."""
-        if not self.align:
+        """Alignment to the reference training image when ``align`` (I-RA); none otherwise or after the fallback."""
+        if not self.align or self.model.uses_global_bank:
             return HostPipeline()
         if self._host_steps is None:
             if self.model.reference.numel() == 0:
@@ -261,6 +331,21 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             self._host_steps = HostPipeline([step])
         return self._host_steps
 
-    @property
-    def _alignment(self) -> AlignmentStep:
-        return self.host_steps().steps[0]
+    def _aligner(self) -> BatchAligner | None:
+        """The alignment step's aligner (failure counts, fill image), or None without alignment.
+
+        A method, not a property: tracing inspects every attribute of the module.
+        """
+        steps = self.host_steps().steps
+        return steps[0].aligner if steps and isinstance(steps[0], AlignmentStep) else None
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the global-bank fallback and its reason (the banks themselves are in the state dict)."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["amfs_fallback"] = self.fallback_reason
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the fallback reason; the host steps are rebuilt from the loaded reference on first use."""
+        super().on_load_checkpoint(checkpoint)
+        self.fallback_reason = checkpoint.get("amfs_fallback", "")
+        self._host_steps = None

@@ -1,13 +1,25 @@
-"""AMFS network: pyramid blocks -> backbone -> per-block k-NN against per-block coresets -> maps and scores.
+"""AMFS network: aligned images -> patch features -> positional and/or block memory banks -> maps and scores.
 
-Eval-mode ``forward`` takes *aligned* images in [0, 1] (alignment is the ``align`` host step of
-:mod:`anomalib_ext.transforms.align`) and is traceable with a dynamic batch: reshapes, batched
-matmuls, top-k — no faiss, no OpenCV, no Python branching on values or batch size.
+Matching (``matching``):
+
+- ``blocks``: the paper's A-MES: pyramid blocks -> backbone -> per-block k-NN against per-block coresets,
+  block scores fused by F_fusion (``scoring``);
+- ``positional``: full-resolution features; each patch compared with the training patches within
+  ``radius`` cells of the same aligned position (:class:`PositionalBank`); image score = worst patch;
+- ``both``: the pixel-wise max of the two maps, and the larger of the two image scores' worst patches;
+- a *global* bank (PatchCore: full-resolution features, one coreset, re-weighted worst patch) is what
+  :meth:`AMFSModel.fit_global` installs when alignment cannot help (the Lightning module decides).
+
+Which banks are filled decides the path, so a checkpoint carries its mode. Eval-mode ``forward`` takes
+*aligned* images in [0, 1] (alignment is the ``align`` host step of :mod:`anomalib_ext.transforms.align`)
+and is traceable with a dynamic batch: reshapes, batched matmuls, top-k — no faiss, no OpenCV, no
+Python branching on values or batch size (only on which banks exist, fixed after training).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from anomalib.data import InferenceBatch
 from anomalib.models.components import DynamicBufferMixin
 from torch import nn
@@ -15,8 +27,11 @@ from torch import nn
 from anomalib_ext.components.blur import SeparableGaussianBlur
 from anomalib_ext.components.embedding import PatchEmbedding
 from anomalib_ext.components.memory_bank import MemoryBank
+from anomalib_ext.components.positional_bank import PositionalBank
 from anomalib_ext.models.amfs.fusion import ScoreFusion
 from anomalib_ext.transforms.pyramid import PyramidBlocks
+
+MATCHING_MODES = ("positional", "blocks", "both")
 
 
 class AMFSModel(DynamicBufferMixin, nn.Module):
@@ -28,8 +43,10 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         pre_trained / backbone_weights: see :func:`anomalib_ext.backbones.create_feature_extractor`.
         levels: pyramid levels N ((4^N - 1) / 3 blocks).
         num_neighbors: k of PatchCore's score re-weighting.
-        scoring: ``fusion`` (F_fusion), ``linear``, ``max`` or ``mean``.
+        scoring: block-score fusion for ``blocks``: ``fusion`` (F_fusion), ``linear``, ``max`` or ``mean``.
         blur_sigma: Gaussian smoothing of the final map (PatchCore uses 4).
+        matching: ``positional``, ``blocks`` (the paper's A-MES) or ``both`` (see the module docstring).
+        radius: positional matching window, in feature cells per axis (8 px each at the default stride).
     """
 
     def __init__(
@@ -43,8 +60,14 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         num_neighbors: int = 9,
         scoring: str = "fusion",
         blur_sigma: float = 4.0,
+        matching: str = "positional",
+        radius: int = 1,
     ) -> None:
         super().__init__()
+        if matching not in MATCHING_MODES:
+            msg = f"matching must be one of {MATCHING_MODES}, got '{matching}'."
+            raise ValueError(msg)
+        self.matching = matching
         self.embedding = PatchEmbedding(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
         self.pyramid = PyramidBlocks(levels)
         self.num_neighbors = num_neighbors
@@ -52,6 +75,8 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         # Same kernel as anomalib's GaussianBlur2d (PatchCore's sigma = 4), applied as two 1-D passes.
         self.blur = SeparableGaussianBlur(blur_sigma)
         self.memory = MemoryBank()  # one bank per block position: (num_blocks, M, D)
+        self.positional = PositionalBank(radius)  # every training image's feature grid
+        self.global_memory = MemoryBank()  # PatchCore's single bank: only when alignment cannot help
         self.register_buffer("reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) aligned-frame reference
 
     @property
@@ -66,6 +91,37 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         d, h, w = embedding.shape[1:]
         embedding = embedding.reshape(-1, self.num_blocks, d, h * w).transpose(2, 3)
         return embedding, (h, w)
+
+    @property
+    def uses_global_bank(self) -> bool:
+        """Whether this model fell back to PatchCore behaviour (a global bank, no alignment)."""
+        return self.global_memory.num_groups > 0
+
+    @property
+    def uses_blocks(self) -> bool:
+        """Whether the block banks (A-MES) score: ``blocks`` or ``both``, unless fallen back."""
+        return not self.uses_global_bank and self.matching in {"blocks", "both"}
+
+    @property
+    def uses_positional(self) -> bool:
+        """Whether the positional bank scores: ``positional`` or ``both``, unless fallen back."""
+        return not self.uses_global_bank and self.matching in {"positional", "both"}
+
+    def embed_full(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, D, h, w) full-resolution patch features (no pyramid)."""
+        return self.embedding(images)
+
+    def fit_positional(self, features: torch.Tensor) -> None:
+        """Keep (N, D, h, w) full-resolution features of aligned training images."""
+        self.positional.fit(features)
+
+    def fit_global(self, features: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
+        """PatchCore behaviour: one coreset of every patch of (N, D, h, w) features; the other banks are emptied."""
+        d = features.shape[1]
+        self.global_memory.fit(features.permute(0, 2, 3, 1).reshape(-1, d), sampling_ratio, seed=seed, progress=True)
+        self.memory.bank = torch.empty(0, device=features.device)
+        self.positional.features = torch.empty(0, device=features.device)
+        self.positional.squared_norms = torch.empty(0, device=features.device)
 
     def build_banks(self, embeddings: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
         """(N, nb, P, D) training embeddings -> one greedy coreset per block position (same size for all)."""
@@ -87,7 +143,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         return patch.transpose(0, 1), scores.transpose(0, 1)
 
     def maps_and_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Block maps (B, nb, 1, h, w), block scores (B, nb), final map (B, 1, H, W)."""
+        """Block maps (B, nb, 1, h, w), block scores (B, nb), final map (B, 1, H, W) of the block banks."""
         embedding, (h, w) = self.embed(images)
         patch, scores = self.block_scores(embedding)
         block_maps = patch.reshape(patch.shape[0], self.num_blocks, 1, h, w)
@@ -95,7 +151,43 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         final = self.blur(levels.amax(dim=1))  # Eq. 1: pixel-wise max over levels
         return block_maps, scores, final
 
+    def positional_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) distance of every patch to the training patches around its position."""
+        return self.positional.nearest(self.embed_full(images)).unsqueeze(1)
+
+    def global_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """PatchCore: (B,) re-weighted worst-patch scores and (B, 1, h, w) patch distances."""
+        features = self.embed_full(images)
+        b, d, h, w = features.shape
+        queries = features.permute(0, 2, 3, 1).reshape(1, b * h * w, d)
+        nearest, nearest_idx = self.global_memory.nearest(queries)
+        patch = nearest.reshape(1, b, h * w)
+        scores = self.global_memory.reweighted_max(
+            queries.reshape(1, b, h * w, d),
+            patch,
+            nearest_idx.reshape(1, b, h * w),
+            num_neighbors=self.num_neighbors,
+        )
+        return scores[0], patch.reshape(b, 1, h, w)
+
+    def _to_image(self, patch_map: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, h, w) -> (B, 1, H, W): bilinear, then the Gaussian blur (PatchCore's post-processing)."""
+        return self.blur(F.interpolate(patch_map, size=size, mode="bilinear", align_corners=False))
+
     def forward(self, images: torch.Tensor) -> InferenceBatch:
         """Aligned (B, 3, H, W) images in [0, 1] -> ``InferenceBatch(pred_score, anomaly_map)``."""
+        size = tuple(images.shape[-2:])
+        if self.uses_global_bank:
+            score, patch = self.global_scores(images)
+            return InferenceBatch(pred_score=score, anomaly_map=self._to_image(patch, size))
+        if not self.uses_blocks:
+            patch = self.positional_map(images)
+            return InferenceBatch(pred_score=patch.flatten(1).amax(1), anomaly_map=self._to_image(patch, size))
         block_maps, scores, anomaly_map = self.maps_and_scores(images)
-        return InferenceBatch(pred_score=self.fusion(block_maps, scores), anomaly_map=anomaly_map)
+        if not self.uses_positional:
+            return InferenceBatch(pred_score=self.fusion(block_maps, scores), anomaly_map=anomaly_map)
+        # both: distances of the same features to two kinds of banks; the worse one counts
+        patch = self.positional_map(images)
+        worst_block = block_maps.flatten(1).amax(1)
+        score = torch.maximum(patch.flatten(1).amax(1), worst_block)
+        return InferenceBatch(pred_score=score, anomaly_map=torch.maximum(anomaly_map, self._to_image(patch, size)))
