@@ -1,4 +1,5 @@
-"""AMFS end to end on tiny SyntheticGPD: anomalib Engine fit/test, alignment, scoring modes, export."""
+"""AMFS end to end on tiny SyntheticGPD: anomalib Engine fit/test, alignment, matching and scoring modes,
+the global-bank fallback, export."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ def _amfs(**kwargs):
         "coreset_sampling_ratio": 0.1,
         "fusion_epochs": 5,
         "fusion_samples_per_image": 2,
+        "matching": "blocks",  # the paper's A-MES unless a test says otherwise
         "pre_processor": AMFS.configure_pre_processor((128, 128)),
     }
     return AMFS(**{**defaults, **kwargs})
@@ -105,3 +107,50 @@ def test_anomalib_export_route_also_runs_in_our_inferencer(trained, tiny_gpd, tm
     results = run_inference(xml.parent, tiny_gpd / "p001" / "test" / "hole", tmp_path / "out")
     assert [r.error for r in results] == [None, None]
     assert len(list((tmp_path / "out" / "overlays").glob("*.jpg"))) == 2
+
+
+def test_positional_matching_keeps_every_aligned_training_image(tiny_datamodule, tmp_path):
+    from anomalib.engine import Engine
+
+    model = _amfs(matching="positional", min_positional_images=3)
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    engine.fit(model=model, datamodule=tiny_datamodule())
+    assert model.fallback_reason == "" and not model.model.uses_global_bank
+    features = model.model.embed_full(torch.rand(1, 3, 128, 128))
+    # (h*w, D, N): all 6 training images (the reference included), every position; no block banks
+    assert tuple(model.model.positional.features.shape) == (features.shape[2] * features.shape[3], features.shape[1], 6)
+    assert model.model.memory.bank.numel() == 0
+    assert [step.name for step in model.host_steps().steps] == ["align"]
+    scores = model.model.eval()(torch.rand(2, 3, 128, 128)).pred_score
+    assert scores.shape == (2,) and torch.isfinite(scores).all()
+
+
+def test_too_few_images_fall_back_to_a_global_bank_recorded_in_the_checkpoint(tiny_datamodule, tmp_path, caplog):
+    from anomalib.engine import Engine
+
+    from anomalib_ext.deploy.checkpoint import load_model
+
+    model = _amfs(matching="positional")  # min_positional_images=8 > the 6 training images
+    engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    with caplog.at_level("WARNING"):
+        engine.fit(model=model, datamodule=tiny_datamodule())
+    assert "falls back to a global memory bank" in caplog.text
+    assert model.model.uses_global_bank and "only 6 training images" in model.fallback_reason
+    assert model.model.positional.num_images == 0 and model.model.memory.bank.numel() == 0
+    assert not model.host_steps()  # PatchCore behaviour: no alignment at inference
+    checkpoint_path = next(tmp_path.rglob("*.ckpt"))
+    assert "only 6 training images" in torch.load(checkpoint_path, weights_only=False)["amfs_fallback"]
+    restored = load_model("AMFS", checkpoint_path)
+    assert restored.model.uses_global_bank and restored.fallback_reason == model.fallback_reason
+    x = torch.rand(2, 3, 128, 128)
+    assert torch.allclose(restored.model.eval()(x).pred_score, model.model.eval()(x).pred_score)
+
+
+def test_images_that_do_not_register_fall_back_to_a_global_bank():
+    # Unrelated noise images: nothing to align to, so positional banks would compare unrelated places.
+    model = _amfs(matching="positional", min_positional_images=3)
+    rng = np.random.default_rng(0)
+    noise = [torch.from_numpy(rng.integers(0, 255, (3, 128, 128), dtype=np.uint8)) for _ in range(8)]
+    model._train_images = [(f"{i}.png", image) for i, image in enumerate(noise)]
+    model.fit()
+    assert model.model.uses_global_bank and "could not be aligned" in model.fallback_reason

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from anomalib_ext.components import MemoryBank, coverage_radius, greedy_coreset_indices, torch_knn
@@ -135,3 +136,43 @@ def test_separable_blur_equals_anomalib_gaussian_blur():
     tiny = torch.rand(1, 1, 8, 8)  # smaller than the kernel: still a blur that keeps the mean level
     out = SeparableGaussianBlur(4.0)(tiny)
     assert out.shape == tiny.shape and out.std() < tiny.std()
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2])
+def test_positional_bank_equals_a_brute_force_search_within_the_radius(radius):
+    from anomalib_ext.components.positional_bank import PositionalBank
+
+    generator = torch.Generator().manual_seed(radius)
+    train, test = torch.randn(5, 7, 6, 8, generator=generator), torch.randn(3, 7, 6, 8, generator=generator)
+    bank = PositionalBank(radius)
+    bank.fit(train)
+    got = bank.nearest(test)
+    expected = torch.full((3, 6, 8), float("inf"))
+    for y in range(6):  # the loop the vectorised search replaces
+        for x in range(8):
+            for dy in range(-radius, radius + 1):
+                for dx in range(-radius, radius + 1):
+                    if 0 <= y + dy < 6 and 0 <= x + dx < 8:
+                        distance = (test[:, :, y, x][:, None] - train[:, :, y + dy, x + dx][None]).norm(dim=-1)
+                        expected[:, y, x] = torch.minimum(expected[:, y, x], distance.min(1).values)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_positional_bank_exports_with_a_dynamic_batch():
+    from anomalib_ext.components.positional_bank import PositionalBank
+
+    bank = PositionalBank(1)
+    bank.fit(torch.randn(4, 5, 6, 6))
+
+    class Search(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bank = bank
+
+        def forward(self, x):
+            return self.bank.nearest(x)
+
+    batch = torch.export.Dim("batch", min=1, max=8)
+    program = torch.export.export(Search(), (torch.randn(2, 5, 6, 6),), dynamic_shapes=({0: batch},), strict=False)
+    x = torch.randn(3, 5, 6, 6)
+    assert torch.allclose(program.module()(x), bank.nearest(x), atol=1e-5)
