@@ -154,3 +154,20 @@ def test_images_that_do_not_register_fall_back_to_a_global_bank():
     model._train_images = [(f"{i}.png", image) for i, image in enumerate(noise)]
     model.fit()
     assert model.model.uses_global_bank and "could not be aligned" in model.fallback_reason
+
+
+def test_positional_matching_draws_nothing_at_random(tiny_gpd):
+    # Its seeds give identical models: the benchmark reports positional AMFS from one seed for that reason.
+    from anomalib_ext.data.mvtec_like import read_resized
+
+    paths = sorted((tiny_gpd / "p001" / "train").rglob("*.jpg"))
+    images = [(str(p), (read_resized(p, (128, 128))[0] * 255).round().to(torch.uint8)) for p in paths]
+    test = torch.cat([read_resized(p, (128, 128)) for p in sorted((tiny_gpd / "p001" / "test").rglob("*.jpg"))[:4]])
+    outputs = []
+    for seed in (0, 1):
+        model = _amfs(matching="positional", min_positional_images=3, seed=seed)
+        model._train_images = list(images)
+        model.fit()
+        outputs.append(model.predict_raw(test))
+    assert torch.equal(outputs[0]["pred_score"], outputs[1]["pred_score"])
+    assert torch.equal(outputs[0]["anomaly_map"], outputs[1]["anomaly_map"])
