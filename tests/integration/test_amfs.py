@@ -171,3 +171,38 @@ def test_positional_matching_draws_nothing_at_random(tiny_gpd):
         outputs.append(model.predict_raw(test))
     assert torch.equal(outputs[0]["pred_score"], outputs[1]["pred_score"])
     assert torch.equal(outputs[0]["anomaly_map"], outputs[1]["anomaly_map"])
+
+
+def test_aligned_patchcore_aligns_photographs_of_one_print_and_warps_maps_back():
+    from anomalib_ext import register
+    from anomalib_ext.data.garment_print import make_design, photograph, render_design
+    from anomalib_ext.models import AlignedPatchcore, aligned
+
+    register()  # offline lite0 weights for anomalib's own feature extractor
+    design = make_design(np.random.default_rng(3), 256)
+    shots = []
+    for i in range(6):
+        rng = np.random.default_rng([3, i])
+        shots.append(photograph(*render_design(design, rng, None), design, rng)[0])
+    images = torch.from_numpy(np.stack(shots).transpose(0, 3, 1, 2).astype(np.float32))
+    model = AlignedPatchcore(
+        backbone="tf_efficientnet_lite0",
+        layers=["blocks.2", "blocks.4"],
+        pre_processor=AlignedPatchcore.configure_pre_processor((256, 256)),
+    )
+    model._set_reference(list(images[:4]))
+    aligned_images, states = model.host_steps().prepare(images)
+    aligner = model.host_steps().steps[0].aligner
+    assert aligner.failures == 0 and aligner.total == 6
+    reference = torch.from_numpy(model.align_reference.numpy()).permute(2, 0, 1).float() / 255
+    # aligned photographs match the reference far better than the raw ones (centre: no border fill)
+    before = (images - reference).abs()[..., 32:-32, 32:-32].mean()
+    after = (aligned_images - reference).abs()[..., 32:-32, 32:-32].mean()
+    assert after < 0.7 * before
+    maps = model.host_steps().restore(torch.ones(6, 1, 256, 256), states)
+    assert maps.shape == (6, 1, 256, 256)
+    from anomalib.models import Patchcore
+
+    built = aligned(Patchcore)(backbone="tf_efficientnet_lite0", layers=["blocks.2", "blocks.4"])
+    assert type(built).__name__ == "AlignedPatchcore" and isinstance(built, Patchcore)
+    assert built.align_reference.numel() == 0 and built.reference_mode == "best"

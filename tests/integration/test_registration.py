@@ -76,8 +76,12 @@ def test_get_datamodule_and_models_after_register(tiny_gpd):
     })
     assert isinstance(full, SyntheticGPD)
     assert set(registered_names()["data"]) == {"GPD", "SyntheticGPD", "MVTecLikeFolder"}
-    assert registered_names()["models"] == ["AMFS"]
-    from anomalib_ext.models import AMFS
+    assert registered_names()["models"] == ["AMFS", "AlignedPatchcore"]
+    from anomalib_ext.models import AMFS, AlignedPatchcore
+
+    # (anomalib's lookup by bare name searches direct AnomalibModule subclasses only: the class-path form)
+    aligned = anomalib.models.get_model({"class_path": "AlignedPatchcore", "init_args": {"pre_trained": False}})
+    assert isinstance(aligned, AlignedPatchcore)
 
     assert isinstance(anomalib.models.get_model("AMFS", pre_trained=False), AMFS)
     assert isinstance(

@@ -1,0 +1,154 @@
+"""Align first, then any detector: anomalib models trained and deployed on images aligned to a reference.
+
+``AlignedPatchcore`` (``anomalib train --model AlignedPatchcore``) is anomalib's Patchcore behind the
+``align`` host step; :func:`aligned` builds the same for another anomalib model class::
+
+    from anomalib.models import Padim
+    from anomalib_ext.models import aligned
+    model = aligned(Padim)(backbone="tf_efficientnet_lite0")
+
+How it works (:class:`AlignedMixin`): the reference is chosen from the first training images in dataset
+order (the one the others align to best, :func:`choose_reference`; the first batch where the trainer has
+no datamodule), so a shuffling loader does not change it; every training batch is aligned before the wrapped
+model's ``training_step`` sees it, and validation / test / predict / export go through the host-step
+protocol (:class:`HostStepsMixin`): aligned in, maps warped back to each input's frame, and the
+reference written beside the exported model so the Inferencer aligns the same way. The reference is a
+checkpointed buffer. Images that fail to align pass through unaligned and are counted; if most training
+images fail, the model says so (textures and freely rotating parts have nothing to register).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from anomalib.data import Batch
+from anomalib.models import Patchcore
+
+from anomalib_ext.data.mvtec_like import resize_like_preprocessor
+from anomalib_ext.export_format import model_input_size
+from anomalib_ext.host_steps import HostPipeline
+from anomalib_ext.models.base import HostStepsMixin
+from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, to_uint8_hwc
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_CANDIDATES = 8  # first training images the reference is chosen from
+
+
+class AlignedMixin(HostStepsMixin):
+    """Mixed in before an anomalib model class: alignment to a reference training image around it.
+
+    Call :meth:`_init_alignment` in ``__init__`` after the model's own ``__init__``.
+    """
+
+    align_reference: torch.Tensor
+
+    def _init_alignment(self, orb: ORBSettings, reference: str, *, fill_from_reference: bool) -> None:
+        self.orb = orb
+        self.reference_mode = reference
+        self.fill_from_reference = fill_from_reference
+        self.register_buffer("align_reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) once trained
+        self._host_steps: HostPipeline | None = None
+
+    def host_steps(self) -> HostPipeline:
+        """The ``align`` step to the reference training image."""
+        if self._host_steps is None:
+            if self.align_reference.numel() == 0:
+                msg = f"{type(self).__name__} has no alignment reference yet: train it (or load a checkpoint) first."
+                raise RuntimeError(msg)
+            step = AlignmentStep(
+                self.align_reference.cpu().numpy(),
+                self.orb,
+                fill_from_reference=self.fill_from_reference,
+            )
+            self._host_steps = HostPipeline([step])
+        return self._host_steps
+
+    def _set_reference(self, candidates: list[torch.Tensor]) -> None:
+        index = choose_reference(candidates, self.reference_mode, self.orb)
+        self.align_reference = torch.from_numpy(to_uint8_hwc(candidates[index])).to(self.device)
+        self._host_steps = None
+
+    def on_train_start(self) -> None:
+        """Choose the reference from the first training images in dataset order (at the model's input size)."""
+        super().on_train_start()
+        dataset = getattr(getattr(self.trainer, "datamodule", None), "train_data", None)
+        if dataset is None or len(dataset) == 0:
+            self.align_reference = torch.empty(0, dtype=torch.uint8, device=self.device)  # first batch decides
+            return
+        size = model_input_size(self)
+        candidates = [dataset[i].image.float()[None] for i in range(min(REFERENCE_CANDIDATES, len(dataset)))]
+        self._set_reference([(resize_like_preprocessor(c, size) if size else c)[0] for c in candidates])
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> Any:  # ruff: ignore[any-type] - the wrapped model's
+        """Align the batch (reference: see :meth:`on_train_start`), then the wrapped model's training step."""
+        if self.align_reference.numel() == 0:
+            self._set_reference(list(batch.image[:REFERENCE_CANDIDATES]))
+        aligned, _ = self.host_steps().prepare(batch.image)
+        return super().training_step(batch.update(image=aligned), *args, **kwargs)
+
+    def on_train_epoch_end(self) -> None:
+        """Say so once if most training images could not be aligned; then the wrapped model's hook (fit)."""
+        aligner = self.host_steps().steps[0].aligner if self.align_reference.numel() else None
+        if aligner is not None and aligner.total and aligner.failures > aligner.total / 2:
+            logger.warning(
+                "%s: %d of %d training images could not be aligned to the reference and were used as they are; "
+                "alignment does not suit this data (textures, freely rotating parts): use the plain model.",
+                type(self).__name__,
+                aligner.failures,
+                aligner.total,
+            )
+        super().on_train_epoch_end()
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:
+        """The reference buffer takes the checkpoint's shape (it is empty in a fresh model)."""
+        key = prefix + "align_reference"
+        if key in state_dict:
+            self.align_reference = torch.empty_like(state_dict[key])
+            self._host_steps = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+class AlignedPatchcore(AlignedMixin, Patchcore):
+    """anomalib's Patchcore on images aligned to a reference training image (``align`` host step).
+
+    Args:
+        orb: alignment settings (:class:`ORBSettings`; default: guided ORB matching with the agreement check).
+        reference: ``best`` (the image of the first batch the others align to best) or ``first``.
+        fill_from_reference: show the reference where an aligned image has no pixels (outside its borders).
+        **kwargs: anomalib's Patchcore arguments (backbone, layers, coreset_sampling_ratio, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
+        reference: str = "best",
+        fill_from_reference: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference)
+
+
+def aligned(model_class: type) -> type:
+    """``Aligned<Model>``: the anomalib model class ``model_class`` behind the ``align`` host step.
+
+    The returned class takes the model's arguments plus ``orb``, ``reference`` and ``fill_from_reference``.
+    """
+
+    def init(
+        self: Any,  # ruff: ignore[any-type] - the class built below
+        *,
+        orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
+        reference: str = "best",
+        fill_from_reference: bool = True,
+        **kwargs,
+    ) -> None:
+        model_class.__init__(self, **kwargs)
+        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference)
+
+    name = f"Aligned{model_class.__name__}"
+    return type(name, (AlignedMixin, model_class), {"__init__": init, "__doc__": f"{name}: see aligned()."})
