@@ -176,3 +176,18 @@ def test_positional_bank_exports_with_a_dynamic_batch():
     program = torch.export.export(Search(), (torch.randn(2, 5, 6, 6),), dynamic_shapes=({0: batch},), strict=False)
     x = torch.randn(3, 5, 6, 6)
     assert torch.allclose(program.module()(x), bank.nearest(x), atol=1e-5)
+
+
+def test_positional_leave_one_out_skips_each_images_own_features():
+    from anomalib_ext.components.positional_bank import PositionalBank
+
+    generator = torch.Generator().manual_seed(0)
+    train = torch.randn(4, 6, 5, 5, generator=generator)
+    bank = PositionalBank(1)
+    bank.fit(train)
+    assert torch.allclose(bank.nearest(train), torch.zeros(4, 5, 5), atol=1e-2)  # each image finds itself
+    loo = bank.leave_one_out(train, chunk=3)
+    for i in range(4):
+        others = PositionalBank(1)
+        others.fit(torch.cat([train[:i], train[i + 1 :]]))
+        assert torch.allclose(loo[i], others.nearest(train[i : i + 1])[0], atol=1e-4)

@@ -59,8 +59,12 @@ class PositionalBank(DynamicBufferMixin, nn.Module):
         r = self.radius
         return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
 
-    def nearest(self, queries: torch.Tensor) -> torch.Tensor:
-        """(B, D, h, w) test features -> (B, h, w) L2 distance to the nearest training patch within the radius."""
+    def nearest(self, queries: torch.Tensor, exclude: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D, h, w) test features -> (B, h, w) L2 distance to the nearest training patch within the radius.
+
+        ``exclude``: (B,) index of a bank image each query must not be matched with (leave-one-out on the
+        training images themselves, e.g. for :meth:`leave_one_out`).
+        """
         if self.num_images == 0:
             msg = "The positional bank is empty: train the model before scoring."
             raise RuntimeError(msg)
@@ -73,7 +77,11 @@ class PositionalBank(DynamicBufferMixin, nn.Module):
         shifted = torch.stack([padded[:, :, r - dy : r - dy + h, r - dx : r - dx + w] for dy, dx in offsets])
         shifted = shifted.permute(3, 4, 0, 1, 2).reshape(h * w, len(offsets) * b, d)  # (hw, K*B, D)
         dots = torch.bmm(shifted, self.features)  # (hw, K*B, N)
-        squared = (self.squared_norms - 2 * dots).amin(dim=2) + shifted.pow(2).sum(-1)  # (hw, K*B)
+        candidates = self.squared_norms - 2 * dots
+        if exclude is not None:  # row k*B + b of the K*B axis is query b at offset k
+            own = F.one_hot(exclude, self.num_images).to(candidates.dtype).repeat(len(offsets), 1)  # (K*B, N)
+            candidates = candidates + OUTSIDE * own
+        squared = candidates.amin(dim=2) + shifted.pow(2).sum(-1)  # (hw, K*B)
         squared = squared.reshape(h, w, len(offsets), b).permute(2, 3, 0, 1)  # (K, B, h, w), indexed by q
         # Undo the shift: the distance of p at offset o sits at q = p + o. Offsets that leave the grid
         # (p + o outside) read the padding and never win the minimum.
@@ -82,3 +90,11 @@ class PositionalBank(DynamicBufferMixin, nn.Module):
             squared[k, :, r + dy : r + dy + h, r + dx : r + dx + w] for k, (dy, dx) in enumerate(offsets)
         ])
         return back.amin(dim=0).clamp_min(0).sqrt()
+
+    def leave_one_out(self, features: torch.Tensor, *, chunk: int = 8) -> torch.Tensor:
+        """(N, h, w) distances of the bank's own N images (``features``, as fitted) to the other N - 1."""
+        indices = torch.arange(len(features), device=features.device)
+        return torch.cat([
+            self.nearest(part, exclude=index)
+            for part, index in zip(features.split(chunk), indices.split(chunk), strict=True)
+        ])

@@ -51,6 +51,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             its aligned position, full feature resolution), ``blocks`` (the paper's per-block banks + ``scoring``)
             or ``both`` (the worse of the two).
         radius: positional window in feature cells per axis (a cell is 8 px at the default layers).
+        position_baseline: subtract each position's leave-one-out mean training distance (see ``AMFSModel``).
         positional_max_images: at most this many training images in the positional bank (memory grows with
             it: images x D x h x w floats); a seeded random subset beyond.
         max_align_failures: if more than this fraction of training images fail to align, fall back to a
@@ -93,6 +94,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         levels: int = 3,
         matching: str = "positional",
         radius: int = 1,
+        position_baseline: bool = False,
         positional_max_images: int = 128,
         max_align_failures: float = 0.2,
         min_positional_images: int = 8,
@@ -132,6 +134,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             scoring=scoring,
             matching=matching,
             radius=radius,
+            position_baseline=position_baseline,
         )
         self.positional_max_images = positional_max_images
         self.max_align_failures = max_align_failures

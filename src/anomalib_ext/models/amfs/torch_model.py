@@ -47,6 +47,9 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         blur_sigma: Gaussian smoothing of the final map (PatchCore uses 4).
         matching: ``positional``, ``blocks`` (the paper's A-MES) or ``both`` (see the module docstring).
         radius: positional matching window, in feature cells per axis (8 px each at the default stride).
+        position_baseline: subtract from every positional distance the mean distance the training images
+            themselves show at that position (leave-one-out): places that vary in normal images (fabric
+            weave, borders) stop outscoring places that never vary (print).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         blur_sigma: float = 4.0,
         matching: str = "positional",
         radius: int = 1,
+        position_baseline: bool = False,
     ) -> None:
         super().__init__()
         if matching not in MATCHING_MODES:
@@ -76,6 +80,8 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         self.blur = SeparableGaussianBlur(blur_sigma)
         self.memory = MemoryBank()  # one bank per block position: (num_blocks, M, D)
         self.positional = PositionalBank(radius)  # every training image's feature grid
+        self.position_baseline = position_baseline
+        self.register_buffer("baseline", torch.zeros(0))  # (1, 1, h, w) leave-one-out mean distance, if used
         self.global_memory = MemoryBank()  # PatchCore's single bank: only when alignment cannot help
         self.register_buffer("reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) aligned-frame reference
 
@@ -112,8 +118,12 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         return self.embedding(images)
 
     def fit_positional(self, features: torch.Tensor) -> None:
-        """Keep (N, D, h, w) full-resolution features of aligned training images."""
+        """Keep (N, D, h, w) full-resolution features of aligned training images (and their baseline)."""
         self.positional.fit(features)
+        if self.position_baseline and len(features) > 1:
+            self.baseline = self.positional.leave_one_out(features).mean(0)[None, None]
+        else:
+            self.baseline = torch.zeros(0, device=features.device)
 
     def fit_global(self, features: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
         """PatchCore behaviour: one coreset of every patch of (N, D, h, w) features; the other banks are emptied."""
@@ -122,6 +132,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         self.memory.bank = torch.empty(0, device=features.device)
         self.positional.features = torch.empty(0, device=features.device)
         self.positional.squared_norms = torch.empty(0, device=features.device)
+        self.baseline = torch.zeros(0, device=features.device)
 
     def build_banks(self, embeddings: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
         """(N, nb, P, D) training embeddings -> one greedy coreset per block position (same size for all)."""
@@ -152,8 +163,9 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         return block_maps, scores, final
 
     def positional_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) distance of every patch to the training patches around its position."""
-        return self.positional.nearest(self.embed_full(images)).unsqueeze(1)
+        """(B, 1, h, w) distance of every patch to the training patches around its position (minus the baseline)."""
+        distances = self.positional.nearest(self.embed_full(images)).unsqueeze(1)
+        return distances - self.baseline if self.baseline.numel() else distances
 
     def global_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """PatchCore: (B,) re-weighted worst-patch scores and (B, 1, h, w) patch distances."""
