@@ -94,7 +94,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         levels: int = 3,
         matching: str = "positional",
         radius: int = 1,
-        position_baseline: bool = False,
+        position_baseline: bool = True,
         positional_max_images: int = 128,
         max_align_failures: float = 0.2,
         min_positional_images: int = 8,

@@ -65,7 +65,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         blur_sigma: float = 4.0,
         matching: str = "positional",
         radius: int = 1,
-        position_baseline: bool = False,
+        position_baseline: bool = True,
     ) -> None:
         super().__init__()
         if matching not in MATCHING_MODES:
