@@ -137,6 +137,9 @@ def aligned(model_class: type) -> type:
     """``Aligned<Model>``: the anomalib model class ``model_class`` behind the ``align`` host step.
 
     The returned class takes the model's arguments plus ``orb``, ``reference`` and ``fill_from_reference``.
+    It is built at run time, so nothing can import it by name: load its checkpoints with
+    ``cls.load_from_checkpoint`` on the class object you made; for anomalib's CLI (class paths in YAML) use
+    a module-level class such as :class:`AlignedPatchcore`.
     """
 
     def init(
