@@ -55,7 +55,7 @@ class ORBSettings:
     """ORB alignment settings.
 
     ``method="ransac", n_features=500`` is the AMFS authors' recipe (best 15% of matches, 3 px RANSAC); the
-    default ``guided`` method uses 800 features (measured on word-grid prints: 500 -> 18, 800 -> 8,
+    default ``guided`` method uses 800 features (measured on word-grid prints: 500 -> 18, 800 -> 8-9,
     1000 -> 5 fallbacks of 160 photographs, at 9.3 / 11.3 / 13.0 ms median).
     """
 
