@@ -39,7 +39,6 @@ class PositionalBank(DynamicBufferMixin, nn.Module):
         # (h*w, D, N): per position, the features of the N training images, ready for a batched matmul.
         self.register_buffer("features", torch.empty(0))
         self.register_buffer("squared_norms", torch.empty(0))  # (h*w, 1, N)
-        self.register_buffer("grid", torch.zeros(2, dtype=torch.long))  # (h, w)
 
     @property
     def num_images(self) -> int:
@@ -52,7 +51,11 @@ class PositionalBank(DynamicBufferMixin, nn.Module):
         stack = features.detach().float().permute(2, 3, 1, 0).reshape(h * w, d, n).contiguous()
         self.features = stack
         self.squared_norms = stack.pow(2).sum(1, keepdim=True)
-        self.grid = torch.tensor([h, w], dtype=torch.long)
+
+    def clear(self) -> None:
+        """Empty the bank (``num_images`` 0)."""
+        self.features = torch.empty(0, device=self.features.device)
+        self.squared_norms = torch.empty(0, device=self.features.device)
 
     def offsets(self) -> list[tuple[int, int]]:
         """Every (dy, dx) with |dy|, |dx| <= radius."""

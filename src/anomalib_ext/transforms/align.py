@@ -198,11 +198,15 @@ def _refine(
 
 
 def _estimate_ransac(
+    shape: tuple[int, int],
     keypoints: Sequence[cv2.KeyPoint],
     descriptors: np.ndarray | None,
     reference: ReferenceFeatures,
 ) -> AlignmentResult:
-    """The AMFS authors' recipe: best fraction of cross-checked matches -> RANSAC -> re-fit on all consistent."""
+    """The AMFS authors' recipe: best fraction of cross-checked matches -> RANSAC -> re-fit on all consistent.
+
+    ``shape``: (H, W) of the input at full resolution, for the sanity checks.
+    """
     s = reference.settings
     identity = np.eye(3)
     if descriptors is None or reference.descriptors is None or len(keypoints) < 4:
@@ -219,6 +223,9 @@ def _estimate_ransac(
     if homography is None or inliers < s.min_inliers:
         return AlignmentResult(identity, ok=False, inliers=inliers, reason=f"only {inliers} RANSAC inliers")
     homography, inliers = _refine(homography, inliers, points, reference, all_matches, s)
+    reason = _check_homography(homography, shape, s)  # the input's corners, at full resolution
+    if reason:
+        return AlignmentResult(identity, ok=False, inliers=inliers, reason=reason)
     return AlignmentResult(homography / homography[2, 2], ok=True, inliers=inliers)
 
 
@@ -391,8 +398,8 @@ CONFIDENT_AGREEMENT = 0.9  # guided: stop trying hypotheses once a warp agrees t
 def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFeatures) -> AlignmentResult:
     """Homography from ``image`` to the reference frame, with a robust identity fallback.
 
-    Whatever the method, a warp must pass the sanity checks (scale, perspective, folding) and agree with
-    the reference (``min_agreement``); otherwise the identity is returned with the reason.
+    Whatever the method, a warp must pass the sanity checks (scale, perspective, folding; inside each
+    method) and agree with the reference (``min_agreement``); otherwise the identity is returned with the reason.
     """
     s = reference.settings
     full = to_gray_uint8(image)
@@ -400,14 +407,10 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     if s.method == "guided":
         result, score = _estimate_guided(full, keypoints, descriptors, reference)
     else:
-        result = _estimate_ransac(keypoints, descriptors, reference)
+        result = _estimate_ransac(full.shape[:2], keypoints, descriptors, reference)
         score = agreement(result.homography, gradient_energy(full), reference) if result.ok else -1.0
-    if not result.ok:
-        return result
-    reason = _check_homography(result.homography, full.shape[:2], s)  # the input's corners, at full resolution
-    if not reason and score < s.min_agreement:
+    if result.ok and score < s.min_agreement:
         reason = f"the warped image does not match the reference (agreement {score:.2f} < {s.min_agreement})"
-    if reason:
         return AlignmentResult(np.eye(3), ok=False, inliers=result.inliers, reason=reason)
     return result
 

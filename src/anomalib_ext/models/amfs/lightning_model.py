@@ -258,8 +258,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             "the checkpoint and the export has no alignment step.",
             reason,
         )
-        batch = torch.stack(images).to(self.device).float().div(255)
-        features = torch.cat([self.model.embed_full(chunk) for chunk in batch.split(8)])
+        features = self._embed_full_all(torch.stack(images).to(self.device).float().div(255))
         self.model.fit_global(features, self.coreset_sampling_ratio, seed=self.seed)
         self._host_steps = HostPipeline()
         logger.info("AMFS global bank: %d features (from %d images)", len(self.model.global_memory), len(images))
@@ -270,7 +269,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         if len(aligned) > self.positional_max_images:
             keep = np.sort(np.random.default_rng(self.seed).permutation(len(aligned))[: self.positional_max_images])
             aligned = aligned[torch.from_numpy(keep).to(aligned.device)]
-        features = torch.cat([self.model.embed_full(chunk) for chunk in aligned.split(8)])
+        features = self._embed_full_all(aligned)
         self.model.fit_positional(features)
         logger.info(
             "AMFS positional bank: %d images x %d x %d positions, radius %d",
@@ -314,6 +313,9 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
 
     def _embed_all(self, images: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.model.embed(chunk)[0] for chunk in images.split(8)])
+
+    def _embed_full_all(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.model.embed_full(chunk) for chunk in images.split(8)])
 
     def _aligned_float(self, images: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(images).to(self.device).float().div(255)  # (N, 3, H, W) in [0, 1]

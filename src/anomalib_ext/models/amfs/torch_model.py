@@ -130,8 +130,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         d = features.shape[1]
         self.global_memory.fit(features.permute(0, 2, 3, 1).reshape(-1, d), sampling_ratio, seed=seed, progress=True)
         self.memory.bank = torch.empty(0, device=features.device)
-        self.positional.features = torch.empty(0, device=features.device)
-        self.positional.squared_norms = torch.empty(0, device=features.device)
+        self.positional.clear()
         self.baseline = torch.zeros(0, device=features.device)
 
     def build_banks(self, embeddings: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
