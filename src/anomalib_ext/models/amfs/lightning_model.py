@@ -52,6 +52,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             or ``both`` (the worse of the two).
         radius: positional window in feature cells per axis (a cell is 8 px at the default layers).
         position_baseline: subtract each position's leave-one-out mean training distance (see ``AMFSModel``).
+        position_scale: also divide by each position's (floored) leave-one-out spread (see ``AMFSModel``).
         positional_max_images: at most this many training images in the positional bank (memory grows with
             it: images x D x h x w floats); a seeded random subset beyond.
         max_align_failures: if more than this fraction of training images fail to align, fall back to a
@@ -95,6 +96,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         matching: str = "positional",
         radius: int = 1,
         position_baseline: bool = True,
+        position_scale: bool = False,
         positional_max_images: int = 128,
         max_align_failures: float = 0.2,
         min_positional_images: int = 8,
@@ -135,6 +137,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             matching=matching,
             radius=radius,
             position_baseline=position_baseline,
+            position_scale=position_scale,
         )
         self.positional_max_images = positional_max_images
         self.max_align_failures = max_align_failures

@@ -50,6 +50,11 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         position_baseline: subtract from every positional distance the mean distance the training images
             themselves show at that position (leave-one-out): places that vary in normal images (fabric
             weave, borders) stop outscoring places that never vary (print).
+        position_scale: also divide by the spread (standard deviation) of those leave-one-out distances,
+            floored at its median over positions: a z-score per place. Where the training images vary a
+            lot at a place (plain fabric whose weave shifts from photo to photo, the border of the warp),
+            a large distance is common there and counts less; the floor keeps places that never vary
+            (print) from turning noise into scores. Needs ``position_baseline``.
     """
 
     def __init__(
@@ -66,8 +71,12 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         matching: str = "positional",
         radius: int = 1,
         position_baseline: bool = True,
+        position_scale: bool = False,
     ) -> None:
         super().__init__()
+        if position_scale and not position_baseline:
+            msg = "position_scale divides the baseline-corrected distance: it needs position_baseline=True."
+            raise ValueError(msg)
         if matching not in MATCHING_MODES:
             msg = f"matching must be one of {MATCHING_MODES}, got '{matching}'."
             raise ValueError(msg)
@@ -81,7 +90,9 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         self.memory = MemoryBank()  # one bank per block position: (num_blocks, M, D)
         self.positional = PositionalBank(radius)  # every training image's feature grid
         self.position_baseline = position_baseline
+        self.position_scale = position_scale
         self.register_buffer("baseline", torch.zeros(0))  # (1, 1, h, w) leave-one-out mean distance, if used
+        self.register_buffer("scale", torch.zeros(0))  # (1, 1, h, w) floored leave-one-out spread, if used
         self.global_memory = MemoryBank()  # PatchCore's single bank: only when alignment cannot help
         self.register_buffer("reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) aligned-frame reference
 
@@ -120,10 +131,14 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
     def fit_positional(self, features: torch.Tensor) -> None:
         """Keep (N, D, h, w) full-resolution features of aligned training images (and their baseline)."""
         self.positional.fit(features)
+        self.baseline = torch.zeros(0, device=features.device)
+        self.scale = torch.zeros(0, device=features.device)
         if self.position_baseline and len(features) > 1:
-            self.baseline = self.positional.leave_one_out(features).mean(0)[None, None]
-        else:
-            self.baseline = torch.zeros(0, device=features.device)
+            distances = self.positional.leave_one_out(features)  # (N, h, w)
+            self.baseline = distances.mean(0)[None, None]
+            if self.position_scale:
+                spread = distances.std(0)
+                self.scale = spread.clamp_min(spread.median())[None, None]
 
     def fit_global(self, features: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
         """PatchCore behaviour: one coreset of every patch of (N, D, h, w) features; the other banks are emptied."""
@@ -132,6 +147,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         self.memory.bank = torch.empty(0, device=features.device)
         self.positional.clear()
         self.baseline = torch.zeros(0, device=features.device)
+        self.scale = torch.zeros(0, device=features.device)
 
     def build_banks(self, embeddings: torch.Tensor, sampling_ratio: float, seed: int = 0) -> None:
         """(N, nb, P, D) training embeddings -> one greedy coreset per block position (same size for all)."""
@@ -162,9 +178,21 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         return block_maps, scores, final
 
     def positional_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, h, w) distance of every patch to the training patches around its position (minus the baseline)."""
-        distances = self.positional.nearest(self.embed_full(images)).unsqueeze(1)
-        return distances - self.baseline if self.baseline.numel() else distances
+        """(B, 1, h, w) positional scores of aligned images (see :meth:`positional_scores`)."""
+        return self.positional_scores(self.embed_full(images))
+
+    def positional_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) features -> (B, 1, h, w) positional patch scores.
+
+        The distance of every patch to the training patches around its position, minus the baseline and
+        over the scale where those are used.
+        """
+        distances = self.positional.nearest(features).unsqueeze(1)
+        if self.baseline.numel():
+            distances = distances - self.baseline
+        if self.scale.numel():
+            distances = distances / self.scale
+        return distances
 
     def global_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """PatchCore: (B,) re-weighted worst-patch scores and (B, 1, h, w) patch distances."""
