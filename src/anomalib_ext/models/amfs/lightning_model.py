@@ -96,7 +96,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         matching: str = "positional",
         radius: int = 1,
         position_baseline: bool = True,
-        position_scale: bool = False,
+        position_scale: bool = True,
         positional_max_images: int = 128,
         max_align_failures: float = 0.2,
         min_positional_images: int = 8,

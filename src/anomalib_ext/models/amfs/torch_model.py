@@ -71,11 +71,11 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         matching: str = "positional",
         radius: int = 1,
         position_baseline: bool = True,
-        position_scale: bool = False,
+        position_scale: bool = True,
     ) -> None:
         super().__init__()
         if position_scale and not position_baseline:
-            msg = "position_scale divides the baseline-corrected distance: it needs position_baseline=True."
+            msg = "position_scale divides the baseline-corrected distance: with position_baseline=False set position_scale=False too."
             raise ValueError(msg)
         if matching not in MATCHING_MODES:
             msg = f"matching must be one of {MATCHING_MODES}, got '{matching}'."
