@@ -102,6 +102,9 @@ def _host_step_report(model: AnomalibModule) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for step in host_steps_of(model):
         report.update(step.report())
+    fallback = getattr(model, "fallback_reason", None)  # models that can fall back say why (AMFS: a global bank)
+    if fallback is not None:
+        report["fallback"] = fallback
     return report
 
 
