@@ -75,7 +75,10 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
     ) -> None:
         super().__init__()
         if position_scale and not position_baseline:
-            msg = "position_scale divides the baseline-corrected distance: with position_baseline=False set position_scale=False too."
+            msg = (
+                "position_scale divides the baseline-corrected distance: with position_baseline=False "
+                "set position_scale=False too."
+            )
             raise ValueError(msg)
         if matching not in MATCHING_MODES:
             msg = f"matching must be one of {MATCHING_MODES}, got '{matching}'."
