@@ -93,3 +93,15 @@ def test_every_shipped_grid_and_model_config_resolves():
         resolved = resolve_spec({k: v for k, v in spec.items() if k not in {"skip_if_missing", "subsets"}})
         signature = inspect.signature(import_class(resolved["class_path"]))
         signature.bind_partial(**resolved["init_args"])  # TypeError on an argument the class does not take
+
+
+def test_an_ir_that_cannot_run_at_batch_8_is_reported_not_fatal():
+    # anomalib's Patchcore IR at 512 px keeps a traced batch size: OpenVINO refuses the reshape to 8.
+    from anomalib_ext.deploy.timing import _batch8_error
+
+    def refuses():
+        msg = "Check 'backward_compatible_check || in_out_elements_equal' failed\nmore detail"
+        raise RuntimeError(msg)
+
+    assert _batch8_error(lambda: None) == ""
+    assert _batch8_error(refuses) == "Check 'backward_compatible_check || in_out_elements_equal' failed"
