@@ -21,8 +21,8 @@ import time
 import numpy as np
 import torch
 
-from anomalib_ext.data.mvtec_like import read_rgb
-from anomalib_ext.deploy.inferencer import Inferencer, resize_like_preprocessor
+from anomalib_ext.data.mvtec_like import read_rgb, resize_like_preprocessor
+from anomalib_ext.deploy.inferencer import Inferencer
 
 
 def main() -> None:

@@ -59,7 +59,6 @@ TIMING_COLUMNS = {
     "latency_ms_b1": "ms",
     "e2e_ms": "e2e_ms",
     "images_per_s_b8": "images_per_s_b8",
-    "batch8_error": "batch8_error",
     "openvino_precision": "precision",
 }
 

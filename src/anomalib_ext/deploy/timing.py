@@ -79,10 +79,12 @@ def compare_openvino(
     interleaved([key for key in tasks if key[1] != "batch8_ms"], repeats)
     # Some IRs cannot be reshaped to batch 8 (anomalib's Patchcore export at 512 px keeps a traced batch
     # size in a Reshape): report why instead of losing the batch-1 numbers already measured.
-    batch8_errors = {name: _batch8_error(tasks[name, "batch8_ms"]) for name in inferencers}
-    batch8_errors = {name: error for name, error in batch8_errors.items() if error}
-    for name, error in batch8_errors.items():
-        logger.warning("%s: batch-8 timing skipped, the IR does not run at batch 8: %s", name, error)
+    batch8_errors = {}
+    for name in inferencers:
+        error = _batch8_error(tasks[name, "batch8_ms"])
+        if error:
+            batch8_errors[name] = error
+            logger.warning("%s: batch-8 timing skipped, the IR does not run at batch 8: %s", name, error)
     interleaved(
         [key for key in tasks if key[1] == "batch8_ms" and key[0] not in batch8_errors],
         max(3, repeats // 8),  # 8x the work each
