@@ -59,7 +59,7 @@ def collect(category: str, out: Path, size: int, word_grid_categories: int) -> N
         distances, labels, paths, coverage = [], [], [], []
         for batch in data.test_dataloader():
             aligned, homographies, _ = aligner.align(batch.image)
-            distances.append(bank.nearest(network.embed_full(aligned)))
+            distances.append(bank.nearest(network.embed_full(network.fill_unseen(aligned)[0])))
             labels += batch.gt_label.int().tolist()
             paths += [str(p) for p in batch.image_path]
             ones = np.ones(batch.image.shape[-2:], np.float32)

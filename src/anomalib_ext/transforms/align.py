@@ -39,6 +39,10 @@ from anomalib_ext.host_steps import HostStep, register_host_step
 
 logger = logging.getLogger(__name__)
 
+# What ``mark_unseen`` writes where an aligned image has no pixels of the photograph: outside [0, 1], so no
+# real pixel can be mistaken for it, and a model's graph can tell seen from unseen pixels in-band.
+UNSEEN = -1.0
+
 
 @dataclass(frozen=True)
 class AlignmentResult:
@@ -515,6 +519,9 @@ class BatchAligner:
         settings: ORB / RANSAC / sanity-check settings.
         fill_from_reference: where the warped input has no pixels (outside its borders), show the reference:
             a normal view of that spot, instead of smeared edge pixels that every k-NN bank would call anomalous.
+        mark_unseen: write :data:`UNSEEN` there instead (float images only), for a model that fills the
+            reference in itself and also wants to know which pixels the photograph did not show
+            (:meth:`anomalib_ext.models.amfs.torch_model.AMFSModel.fill_unseen`).
     """
 
     def __init__(
@@ -523,10 +530,12 @@ class BatchAligner:
         settings: ORBSettings,
         *,
         fill_from_reference: bool = True,
+        mark_unseen: bool = False,
     ) -> None:
         self.reference = ReferenceFeatures(reference, settings)
         image = np.ascontiguousarray(reference if isinstance(reference, np.ndarray) else to_uint8_hwc(reference))
         self.fill = torch.from_numpy(image).permute(2, 0, 1).float().div(255) if fill_from_reference else None
+        self.mark_unseen = mark_unseen
         self.failures = 0
         self.total = 0
 
@@ -550,13 +559,32 @@ class BatchAligner:
             msg = f"Image size {(h, w)} differs from the reference {tuple(self.reference.shape)}; resize first."
             raise ValueError(msg)
         aligned, homographies, oks = [], [], []
+        mark = self.mark_unseen and images.dtype.is_floating_point
         for image in images:
             result = self.estimate(image)
+            if mark:
+                aligned.append(self._warp_marked(image, result.homography) if result.ok else image.cpu())
+                homographies.append(result.homography)
+                oks.append(result.ok)
+                continue
             fill = self.fill.to(image.dtype) if self.fill is not None and image.dtype.is_floating_point else None
             aligned.append(warp_tensor(image, result.homography, (h, w), fill=fill) if result.ok else image.cpu())
             homographies.append(result.homography)
             oks.append(result.ok)
         return torch.stack(aligned).to(images.device, images.dtype), np.stack(homographies), oks
+
+    def _warp_marked(self, image: torch.Tensor, homography: np.ndarray) -> torch.Tensor:
+        """Warp with a coverage channel over the reference fill; UNSEEN wherever the photo did not fully cover.
+
+        One 4-channel warp: bilinear interpolation at the photo's border blends it with what lies beneath, so
+        coverage < 1 marks that seam too, and no seen pixel is ever darkened by the mark.
+        """
+        h, w = image.shape[-2:]
+        below = self.fill if self.fill is not None else torch.zeros(3, h, w)
+        below = torch.cat([below.to(image.dtype), image.new_zeros(1, h, w).cpu()])
+        with_coverage = torch.cat([image.cpu(), image.new_ones(1, h, w).cpu()])
+        warped = warp_tensor(with_coverage, homography, (h, w), fill=below)
+        return warped[:3].masked_fill(warped[3:] < 1, UNSEEN)
 
     @staticmethod
     def warp_back(maps: torch.Tensor, homographies: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:
@@ -585,11 +613,18 @@ class AlignmentStep(HostStep):
         settings: ORBSettings = ORBSettings(),
         *,
         fill_from_reference: bool = True,
+        mark_unseen: bool = False,
     ) -> None:
         self.reference_image = np.ascontiguousarray(reference)  # (H, W, 3) uint8 RGB
         self.settings = settings
         self.fill_from_reference = fill_from_reference
-        self.aligner = BatchAligner(self.reference_image, settings, fill_from_reference=fill_from_reference)
+        self.mark_unseen = mark_unseen
+        self.aligner = BatchAligner(
+            self.reference_image,
+            settings,
+            fill_from_reference=fill_from_reference,
+            mark_unseen=mark_unseen,
+        )
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray]]:
         """Aligned images and each image's homography (identity where alignment failed, counted in ``aligner``)."""
@@ -615,6 +650,7 @@ class AlignmentStep(HostStep):
         return {
             "reference": self.REFERENCE_FILE,
             "fill_from_reference": self.fill_from_reference,
+            "mark_unseen": self.mark_unseen,
             "orb": dataclasses.asdict(self.settings),
         }
 
@@ -630,7 +666,12 @@ class AlignmentStep(HostStep):
             raise ModelFilesError(msg)
         fields = {f.name for f in dataclasses.fields(ORBSettings)}
         settings = ORBSettings(**{k: v for k, v in config.get("orb", {}).items() if k in fields})
-        return cls(read_rgb(path), settings, fill_from_reference=config.get("fill_from_reference", False))
+        return cls(
+            read_rgb(path),
+            settings,
+            fill_from_reference=config.get("fill_from_reference", False),
+            mark_unseen=config.get("mark_unseen", False),  # exports older than the option never marked
+        )
 
 
 class ORBAlign(Transform):

@@ -53,6 +53,9 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         radius: positional window in feature cells per axis (a cell is 8 px at the default layers).
         position_baseline: subtract each position's leave-one-out mean training distance (see ``AMFSModel``).
         position_scale: also divide by each position's (floored) leave-one-out spread (see ``AMFSModel``).
+        unseen_margin: the image score leaves out cells the photograph did not show (filled from the reference
+            by alignment) and this many cells around them (see ``AMFSModel``); ``None`` scores every cell.
+            Needs ``fill_from_reference`` (the align step then marks those pixels and the graph fills them).
         positional_max_images: at most this many training images in the positional bank (memory grows with
             it: images x D x h x w floats); a seeded random subset beyond.
         max_align_failures: if more than this fraction of training images fail to align, fall back to a
@@ -97,6 +100,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         radius: int = 1,
         position_baseline: bool = True,
         position_scale: bool = True,
+        unseen_margin: int | None = 2,
         positional_max_images: int = 128,
         max_align_failures: float = 0.2,
         min_positional_images: int = 8,
@@ -138,6 +142,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
             radius=radius,
             position_baseline=position_baseline,
             position_scale=position_scale,
+            unseen_margin=unseen_margin,
         )
         self.positional_max_images = positional_max_images
         self.max_align_failures = max_align_failures
@@ -322,7 +327,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
 
     def _aligned_float(self, images: list[torch.Tensor]) -> torch.Tensor:
         batch = torch.stack(images).to(self.device).float().div(255)  # (N, 3, H, W) in [0, 1]
-        return self.host_steps().prepare(batch)[0]
+        return self.model.fill_unseen(self.host_steps().prepare(batch)[0])[0]
 
     # ---- host steps (validation/test/predict steps and export routes: HostStepsMixin) --------------
     def host_steps(self) -> HostPipeline:
@@ -337,6 +342,8 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
                 self.model.reference.cpu().numpy(),
                 self.orb,
                 fill_from_reference=self.fill_from_reference,
+                # the graph fills the reference in itself and leaves the unseen cells out of the image score
+                mark_unseen=self.fill_from_reference and self.model.unseen_margin is not None,
             )
             self._host_steps = HostPipeline([step])
         return self._host_steps

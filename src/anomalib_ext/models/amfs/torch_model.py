@@ -32,6 +32,8 @@ from anomalib_ext.models.amfs.fusion import ScoreFusion
 from anomalib_ext.transforms.pyramid import PyramidBlocks
 
 MATCHING_MODES = ("positional", "blocks", "both")
+FULLY_SEEN = 0.999  # a cell counts as seen when the photograph covers (nearly) all of its pixels
+UNSEEN_PENALTY = 1e9  # score given to left-out cells: below any real (z-scored) patch score
 
 
 class AMFSModel(DynamicBufferMixin, nn.Module):
@@ -55,6 +57,11 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
             lot at a place (plain fabric whose weave shifts from photo to photo, the border of the warp),
             a large distance is common there and counts less; the floor keeps places that never vary
             (print) from turning noise into scores. Needs ``position_baseline``.
+        unseen_margin: the image score of the positional path leaves out the cells the photograph did not
+            fully show (the alignment host step marked them, :data:`anomalib_ext.transforms.align.UNSEEN`) and
+            every cell within this many cells of them: there the aligned image is the reference's fill or a seam
+            between fill and photo, whose features vary from image to image without any defect (issue 12's
+            diagnosis). ``None`` scores every cell. Images without marks (no alignment) are not affected.
     """
 
     def __init__(
@@ -72,8 +79,12 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         radius: int = 1,
         position_baseline: bool = True,
         position_scale: bool = True,
+        unseen_margin: int | None = 2,
     ) -> None:
         super().__init__()
+        if unseen_margin is not None and unseen_margin < 0:
+            msg = f"unseen_margin must be >= 0 feature cells or None (score every cell), got {unseen_margin}."
+            raise ValueError(msg)
         if position_scale and not position_baseline:
             msg = (
                 "position_scale divides the baseline-corrected distance: with position_baseline=False "
@@ -94,6 +105,7 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         self.positional = PositionalBank(radius)  # every training image's feature grid
         self.position_baseline = position_baseline
         self.position_scale = position_scale
+        self.unseen_margin = unseen_margin
         self.register_buffer("baseline", torch.zeros(0))  # (1, 1, h, w) leave-one-out mean distance, if used
         self.register_buffer("scale", torch.zeros(0))  # (1, 1, h, w) floored leave-one-out spread, if used
         self.global_memory = MemoryBank()  # PatchCore's single bank: only when alignment cannot help
@@ -180,6 +192,32 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         final = self.blur(levels.amax(dim=1))  # Eq. 1: pixel-wise max over levels
         return block_maps, scores, final
 
+    def fill_unseen(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Aligned images with unseen marks -> the images with the reference there, and (B, 1, H, W) coverage.
+
+        A pixel is unseen where any channel is negative (the align step's ``mark_unseen``; the 1 px seam
+        that bilinear warping blends from photo and mark counts too); without a reference (an untrained
+        model) unseen pixels become 0.
+        """
+        covered = (images >= 0).all(dim=1, keepdim=True)
+        fill = self.reference.permute(2, 0, 1)[None].to(images.dtype) / 255 if self.reference.numel() else 0.0
+        return torch.where(covered, images, fill), covered.to(images.dtype)
+
+    def worst_seen_patch(self, patch: torch.Tensor, covered: torch.Tensor) -> torch.Tensor:
+        """(B, 1, h, w) patch scores, (B, 1, H, W) coverage -> (B,) worst patch away from unseen cells.
+
+        A cell is unseen when the photograph covers less than all of it; it and every cell within
+        ``unseen_margin`` cells of it are left out. If that leaves nothing, the worst patch of all counts.
+        """
+        worst = patch.flatten(1).amax(1)
+        if self.unseen_margin is None:
+            return worst
+        unseen = (F.adaptive_avg_pool2d(covered, patch.shape[-2:]) < FULLY_SEEN).to(patch.dtype)
+        margin = self.unseen_margin
+        near_unseen = F.max_pool2d(unseen, 2 * margin + 1, stride=1, padding=margin) > 0 if margin else unseen > 0
+        seen_worst = torch.where(near_unseen, patch.new_tensor(-UNSEEN_PENALTY), patch).flatten(1).amax(1)
+        return torch.where(near_unseen.flatten(1).all(1), worst, seen_worst)
+
     def positional_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) positional scores of aligned images (see :meth:`positional_scores`)."""
         return self.positional_scores(self.embed_full(images))
@@ -222,14 +260,15 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         if self.uses_global_bank:
             score, patch = self.global_scores(images)
             return InferenceBatch(pred_score=score, anomaly_map=self._to_image(patch, size))
+        images, covered = self.fill_unseen(images)
         if not self.uses_blocks:
             patch = self.positional_map(images)
-            return InferenceBatch(pred_score=patch.flatten(1).amax(1), anomaly_map=self._to_image(patch, size))
+            return InferenceBatch(pred_score=self.worst_seen_patch(patch, covered), anomaly_map=self._to_image(patch, size))
         block_maps, scores, anomaly_map = self.maps_and_scores(images)
         if not self.uses_positional:
             return InferenceBatch(pred_score=self.fusion(block_maps, scores), anomaly_map=anomaly_map)
         # both: distances of the same features to two kinds of banks; the worse one counts
         patch = self.positional_map(images)
         worst_block = block_maps.flatten(1).amax(1)
-        score = torch.maximum(patch.flatten(1).amax(1), worst_block)
+        score = torch.maximum(self.worst_seen_patch(patch, covered), worst_block)
         return InferenceBatch(pred_score=score, anomaly_map=torch.maximum(anomaly_map, self._to_image(patch, size)))
