@@ -112,12 +112,17 @@ def _planes_to_hwc(tensor: torch.Tensor) -> np.ndarray:
     return cv2.merge(list(planes)) if planes.shape[0] > 1 else planes[0].copy()
 
 
+def gray_of_float_hwc(image: np.ndarray) -> np.ndarray:
+    """HxW uint8 grey from an HxWx3 float32 RGB array in [0, 1] or [0, 255]."""
+    largest = cv2.minMaxLoc(image.reshape(image.shape[0], -1))[1]
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return cv2.convertScaleAbs(gray, alpha=255.0 if largest <= 1.0 else 1.0)  # rounds and saturates
+
+
 def to_gray_uint8(image: np.ndarray | torch.Tensor) -> np.ndarray:
     """HxW uint8 grey from HxWx3 / HxW arrays or CxHxW tensors in [0, 1] or [0, 255]."""
     if isinstance(image, torch.Tensor) and image.ndim == 3 and image.shape[0] == 3 and image.dtype == torch.float32:
-        tensor = image.detach().cpu()
-        gray = cv2.cvtColor(_planes_to_hwc(tensor), cv2.COLOR_RGB2GRAY)
-        return cv2.convertScaleAbs(gray, alpha=255.0 if float(tensor.max()) <= 1.0 else 1.0)  # rounds and saturates
+        return gray_of_float_hwc(_planes_to_hwc(image.detach().cpu()))
     if isinstance(image, torch.Tensor):
         array = image.detach().cpu().numpy()
         array = array.transpose(1, 2, 0) if array.ndim == 3 else array
@@ -536,6 +541,14 @@ class BatchAligner:
         image = np.ascontiguousarray(reference if isinstance(reference, np.ndarray) else to_uint8_hwc(reference))
         self.fill = torch.from_numpy(image).permute(2, 0, 1).float().div(255) if fill_from_reference else None
         self.mark_unseen = mark_unseen
+        # What the warp writes onto, as HxWx3 float32 (the reference); None = no fill (edge pixels repeated).
+        if self.fill is not None:
+            self._below: np.ndarray | None = _planes_to_hwc(self.fill)
+        elif mark_unseen:  # marks without the reference fill: the model fills unseen pixels itself
+            self._below = np.zeros((*image.shape[:2], 3), np.float32)
+        else:
+            self._below = None
+        self._marks = np.full((*image.shape[:2], 3), UNSEEN, np.float32) if mark_unseen else None
         self.failures = 0
         self.total = 0
 
@@ -559,32 +572,54 @@ class BatchAligner:
             msg = f"Image size {(h, w)} differs from the reference {tuple(self.reference.shape)}; resize first."
             raise ValueError(msg)
         aligned, homographies, oks = [], [], []
-        mark = self.mark_unseen and images.dtype.is_floating_point
+        over_fill = images.dtype.is_floating_point and self._below is not None
         for image in images:
-            result = self.estimate(image)
-            if mark:
-                aligned.append(self._warp_marked(image, result.homography) if result.ok else image.cpu())
-                homographies.append(result.homography)
-                oks.append(result.ok)
-                continue
-            fill = self.fill.to(image.dtype) if self.fill is not None and image.dtype.is_floating_point else None
-            aligned.append(warp_tensor(image, result.homography, (h, w), fill=fill) if result.ok else image.cpu())
+            # One HxWxC copy serves both the grey image ORB needs and the warp (both inside the deployed latency).
+            hwc = _planes_to_hwc(image.detach().cpu().float()) if over_fill else None
+            result = self.estimate(gray_of_float_hwc(hwc) if hwc is not None else image)
+            if not result.ok:
+                aligned.append(image.cpu())
+            elif hwc is not None:
+                aligned.append(self._warp_over_fill(hwc, result.homography).to(image.dtype))
+            else:  # no fill (or uint8 images): the edge pixels are repeated
+                aligned.append(warp_tensor(image, result.homography, (h, w)))
             homographies.append(result.homography)
             oks.append(result.ok)
         return torch.stack(aligned).to(images.device, images.dtype), np.stack(homographies), oks
 
-    def _warp_marked(self, image: torch.Tensor, homography: np.ndarray) -> torch.Tensor:
-        """Warp with a coverage channel over the reference fill; UNSEEN wherever the photo did not fully cover.
+    def _warp_over_fill(self, image: np.ndarray, homography: np.ndarray) -> torch.Tensor:
+        """Warp an HxWx3 float32 image onto the fill (the reference) -> a (3, H, W) tensor.
 
-        One 4-channel warp: bilinear interpolation at the photo's border blends it with what lies beneath, so
-        coverage < 1 marks that seam too, and no seen pixel is ever darkened by the mark.
+        With ``mark_unseen`` every pixel outside the warped photo's outline becomes UNSEEN (after the warp, so
+        no seen pixel is ever darkened by a mark). The fill is kept as an HxWx3 array, so each
+        image costs one copy of it instead of a conversion (this is inside the deployed latency).
         """
-        h, w = image.shape[-2:]
-        below = self.fill if self.fill is not None else torch.zeros(3, h, w)
-        below = torch.cat([below.to(image.dtype), image.new_zeros(1, h, w).cpu()])
-        with_coverage = torch.cat([image.cpu(), image.new_ones(1, h, w).cpu()])
-        warped = warp_tensor(with_coverage, homography, (h, w), fill=below)
-        return warped[:3].masked_fill(warped[3:] < 1, UNSEEN)
+        h, w = self._below.shape[:2]
+
+        def warp_onto(source: np.ndarray, destination: np.ndarray) -> np.ndarray:
+            # BORDER_TRANSPARENT leaves the destination where the source has no pixels.
+            flags, border = cv2.INTER_LINEAR, cv2.BORDER_TRANSPARENT
+            return cv2.warpPerspective(source, homography, (w, h), dst=destination, flags=flags, borderMode=border)
+
+        warped = warp_onto(image, self._below.copy())
+        if self.mark_unseen:
+            cv2.copyTo(self._marks, self._outside_photo(homography, image.shape[:2]), warped)  # in place
+        return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
+
+    def _outside_photo(self, homography: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
+        """(H, W) uint8, 1 where an output pixel's centre lies outside the warped photograph.
+
+        The photo's outline (pixel edges, -0.5 .. size - 0.5) mapped by the homography is a convex
+        quadrilateral (the sanity checks reject folding warps): rasterising it costs far less than
+        warping a coverage layer.
+        """
+        h, w = photo_size
+        corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float64)
+        outline = cv2.perspectiveTransform(corners[None], homography)[0]
+        outside = np.ones(self._below.shape[:2], np.uint8)
+        shift = 4  # sub-pixel precision of the outline: 1/16 px
+        cv2.fillConvexPoly(outside, np.round(outline * (1 << shift)).astype(np.int32), 0, cv2.LINE_8, shift)
+        return outside
 
     @staticmethod
     def warp_back(maps: torch.Tensor, homographies: np.ndarray | Sequence[np.ndarray]) -> torch.Tensor:

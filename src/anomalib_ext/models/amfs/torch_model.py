@@ -263,7 +263,8 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
         images, covered = self.fill_unseen(images)
         if not self.uses_blocks:
             patch = self.positional_map(images)
-            return InferenceBatch(pred_score=self.worst_seen_patch(patch, covered), anomaly_map=self._to_image(patch, size))
+            score = self.worst_seen_patch(patch, covered)
+            return InferenceBatch(pred_score=score, anomaly_map=self._to_image(patch, size))
         block_maps, scores, anomaly_map = self.maps_and_scores(images)
         if not self.uses_positional:
             return InferenceBatch(pred_score=self.fusion(block_maps, scores), anomaly_map=anomaly_map)
