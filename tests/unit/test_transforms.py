@@ -234,3 +234,16 @@ def test_gradient_energy_is_the_same_in_every_process():
         for sizes in (["1"], ["3", "77"], ["5", "1001", "13"])
     }
     assert len(hashes) == 1
+
+
+def test_orb_settings_from_a_yaml_block():
+    """A config's `orb:` block reaches the models as a dict outside anomalib's CLI (the benchmark)."""
+    from anomalib_ext.models import AMFS
+    from anomalib_ext.transforms.align import ORBSettings, orb_settings
+
+    assert orb_settings({"method": "ransac", "n_features": 500}) == ORBSettings(method="ransac", n_features=500)
+    assert orb_settings(None) == ORBSettings()
+    with pytest.raises(ValueError, match="n_feature"):
+        orb_settings({"n_feature": 500})
+    model = AMFS("tf_efficientnet_lite0", pre_trained=False, orb={"method": "ransac"})
+    assert model.orb == ORBSettings(method="ransac")

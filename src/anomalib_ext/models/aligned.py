@@ -30,7 +30,7 @@ from anomalib_ext.data.mvtec_like import resize_like_preprocessor
 from anomalib_ext.export_format import model_input_size
 from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.base import HostStepsMixin
-from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, to_uint8_hwc
+from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, orb_settings, to_uint8_hwc
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ class AlignedMixin(HostStepsMixin):
 
     align_reference: torch.Tensor
 
-    def _init_alignment(self, orb: ORBSettings, reference: str, *, fill_from_reference: bool) -> None:
-        self.orb = orb
+    def _init_alignment(self, orb: ORBSettings | dict[str, Any], reference: str, *, fill_from_reference: bool) -> None:
+        self.orb = orb_settings(orb)
         self.reference_mode = reference
         self.fill_from_reference = fill_from_reference
         self.register_buffer("align_reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) once trained

@@ -91,6 +91,20 @@ class ORBSettings:
             raise ValueError(msg)
 
 
+def orb_settings(value: ORBSettings | dict[str, Any] | None) -> ORBSettings:
+    """``ORBSettings`` from itself, a mapping of its fields (a YAML ``orb:`` block) or None (the defaults)."""
+    if value is None:
+        return ORBSettings()
+    if isinstance(value, ORBSettings):
+        return value
+    known = {f.name for f in dataclasses.fields(ORBSettings)}
+    unknown = sorted(set(value) - known)
+    if unknown:
+        msg = f"Unknown alignment (orb) settings {unknown}; known: {sorted(known)}."
+        raise ValueError(msg)
+    return ORBSettings(**value)
+
+
 ALIGN_METHODS = ("guided", "ransac")
 COARSE_SIZE = 64  # px: the side of the gradient-energy images of the coarse stage and the agreement check
 GUIDED_RADII = (24.0, 8.0, 3.0)  # px at 512: matches kept around the current warp's prediction, coarse to fine

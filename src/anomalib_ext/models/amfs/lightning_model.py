@@ -33,7 +33,14 @@ from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.amfs.synthetic import check_fusion_anomalies, fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
 from anomalib_ext.models.base import HostStepsMixin
-from anomalib_ext.transforms.align import AlignmentStep, BatchAligner, ORBSettings, choose_reference, to_uint8_hwc
+from anomalib_ext.transforms.align import (
+    AlignmentStep,
+    BatchAligner,
+    ORBSettings,
+    choose_reference,
+    orb_settings,
+    to_uint8_hwc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +117,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         align: bool = True,
         reference: str = "best",
         fill_from_reference: bool = True,
-        orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass, never mutated
+        orb: ORBSettings | dict[str, Any] = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass, never mutated
         fusion_holdout: float = 0.2,
         fusion_max_images: int = 32,
         holdout_to_banks: bool = True,
@@ -152,7 +159,7 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         self.align = align
         self.reference_mode = reference
         self.fill_from_reference = fill_from_reference
-        self.orb = orb
+        self.orb = orb_settings(orb)  # a YAML `orb:` block arrives as a dict outside anomalib's CLI
         self.fusion_holdout = fusion_holdout
         self.fusion_max_images = fusion_max_images
         self.holdout_to_banks = holdout_to_banks
