@@ -1,0 +1,87 @@
+"""PNI's vectorised pieces against plain loops over places (the official code's way)."""
+
+import pytest
+import torch
+
+from anomalib_ext.models.pni.distributions import (
+    NeighbourhoodMLP,
+    PNIScore,
+    neighbourhood_features,
+    position_histogram,
+)
+
+
+def test_neighbourhood_features_are_the_neighbours_without_the_centre():
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 3, 5, 6, generator=generator)
+    out = neighbourhood_features(features, 3)
+    assert out.shape == (2, 3 * 8, 5, 6)
+    for y, x in [(0, 0), (2, 3), (4, 5)]:
+        expected = []
+        for dy in (-1, 0, 1):
+            for dx in (-1, 0, 1):
+                if dy == dx == 0:
+                    continue
+                inside = 0 <= y + dy < 5 and 0 <= x + dx < 6
+                expected.append(features[:, :, y + dy, x + dx] if inside else torch.zeros(2, 3))
+        # unfold orders channel-major: all 8 neighbours of channel 0, then of channel 1, ...
+        expected = torch.stack(expected, dim=2).reshape(2, -1)
+        assert torch.allclose(out[:, :, y, x], expected)
+
+
+def test_neighbourhood_size_must_be_odd():
+    with pytest.raises(ValueError, match="odd"):
+        neighbourhood_features(torch.zeros(1, 2, 4, 4), 4)
+
+
+def test_position_histogram_counts_each_window_and_normalises():
+    generator = torch.Generator().manual_seed(1)
+    indices = torch.randint(0, 4, (3, 4, 5), generator=generator)
+    histogram = position_histogram(indices, num_classes=4, size=3)
+    assert histogram.shape == (4, 4, 5)
+    assert torch.allclose(histogram.sum(0), torch.ones(4, 5))
+    for y, x in [(0, 0), (1, 2), (3, 4)]:
+        counts = torch.zeros(4)
+        for yy in range(max(0, y - 1), min(4, y + 2)):
+            for xx in range(max(0, x - 1), min(5, x + 2)):
+                counts += torch.bincount(indices[:, yy, xx], minlength=4).float()
+        assert torch.allclose(histogram[:, y, x], counts / counts.sum())
+
+
+def test_mlp_probabilities_sum_to_one_and_the_temperature_flattens_them():
+    torch.manual_seed(0)
+    mlp = NeighbourhoodMLP(in_features=16, num_classes=5, depth=3, width=8, temperature=1.0).eval()
+    neighbours = torch.randn(2, 16, 3, 4)
+    sharp = mlp.probabilities(neighbours)
+    assert sharp.shape == (2, 5, 3, 4) and torch.allclose(sharp.sum(1), torch.ones(2, 3, 4))
+    mlp.temperature = 4.0
+    assert mlp.probabilities(neighbours).amax(1).mean() < sharp.amax(1).mean()
+
+
+def _score(tau=None):
+    embedding_coreset = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    distribution_coreset = torch.tensor([[0.4, 0.3], [9.0, 9.5], [1.0, 9.0]])  # nearest: rows 0, 3, 2
+    score = PNIScore(tau=tau)
+    score.fit(distribution_coreset, embedding_coreset)
+    return score
+
+
+def test_targets_are_the_nearest_embedding_coreset_elements():
+    assert torch.equal(_score().targets, torch.tensor([[0.0, 0.0], [10.0, 10.0], [0.0, 10.0]]))
+    assert _score().threshold == pytest.approx(1 / 6)
+
+
+def test_score_is_the_distance_to_the_nearest_allowed_element():
+    score = _score()
+    features = torch.tensor([[1.0, 0.0]]).reshape(1, 2, 1, 1)  # 1 from target 0, ~13.5 from 1, ~9.1 from 2
+    everywhere = torch.full((1, 3, 1, 1), 1 / 3)
+    assert score(features, everywhere).item() == pytest.approx(1.0)
+    only_second = torch.tensor([0.05, 0.9, 0.05]).reshape(1, 3, 1, 1)  # elements 0 and 2 are below tau
+    assert score(features, only_second).item() == pytest.approx((9**2 + 10**2) ** 0.5)
+
+
+def test_the_most_probable_element_counts_when_none_passes_tau():
+    score = _score(tau=0.9)  # above every probability below
+    features = torch.tensor([[1.0, 0.0]]).reshape(1, 2, 1, 1)
+    probabilities = torch.tensor([0.2, 0.3, 0.5]).reshape(1, 3, 1, 1)  # element 2 most probable
+    assert score(features, probabilities).item() == pytest.approx((1 + 100) ** 0.5)
