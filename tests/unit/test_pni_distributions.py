@@ -85,3 +85,20 @@ def test_the_most_probable_element_counts_when_none_passes_tau():
     features = torch.tensor([[1.0, 0.0]]).reshape(1, 2, 1, 1)
     probabilities = torch.tensor([0.2, 0.3, 0.5]).reshape(1, 3, 1, 1)  # element 2 most probable
     assert score(features, probabilities).item() == pytest.approx((1 + 100) ** 0.5)
+
+
+def test_the_mlp_learns_a_centre_its_neighbours_tell():
+    """Each image is one of two flat patterns; the neighbours alone say which (the centre is left out)."""
+    from anomalib_ext.models.pni.distributions import nearest_indices, train_neighbourhood_mlp
+
+    torch.manual_seed(0)
+    coreset = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    kinds = torch.arange(16) % 2
+    features = coreset[kinds][:, :, None, None].expand(16, 2, 6, 6) + 0.05 * torch.randn(16, 2, 6, 6)
+    targets = nearest_indices(features, coreset)
+    assert torch.equal(targets, kinds[:, None, None].expand(16, 6, 6))
+    mlp = NeighbourhoodMLP(8 * 2, 2, depth=2, width=16)
+    losses = train_neighbourhood_mlp(mlp, features, targets, size=3, epochs=6, batch_size=64, progress=False)
+    assert losses[-1] < 0.5 * losses[0]
+    predicted = mlp.probabilities(neighbourhood_features(features, 3)).argmax(1)
+    assert (predicted == targets).float().mean() > 0.95

@@ -125,7 +125,7 @@ class PNIScore(DynamicBufferMixin, nn.Module):
     @property
     def threshold(self) -> float:
         """The tau in use (the paper's 1 / (2 |C_dist|) unless set)."""
-        return self.tau if self.tau is not None else 1.0 / (2 * len(self.targets))
+        return self.tau if self.tau is not None else 1.0 / (2 * self.targets.shape[0])
 
     def forward(self, features: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) features, (B, |C_dist|, h, w) p(c | Omega) -> (B, 1, h, w) scores."""
@@ -136,3 +136,77 @@ class PNIScore(DynamicBufferMixin, nn.Module):
         allowed = (p > self.threshold) | (p == p.amax(1, keepdim=True))
         nearest = torch.where(allowed, distances, distances.new_tensor(NOT_ALLOWED)).amin(1)
         return (self.scale * nearest).reshape(b, 1, h, w)
+
+
+def nearest_indices(features: torch.Tensor, coreset: torch.Tensor, chunk: int = 8) -> torch.Tensor:
+    """(N, D, h, w) features -> (N, h, w) index of each patch's nearest ``coreset`` element (M, D)."""
+    d = features.shape[1]
+    return torch.cat([
+        squared_distances(part.permute(0, 2, 3, 1).reshape(1, -1, d), coreset[None])[0]
+        .argmin(1)
+        .reshape(len(part), *part.shape[2:])
+        for part in features.split(chunk)
+    ])
+
+
+def train_neighbourhood_mlp(
+    mlp: NeighbourhoodMLP,
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    size: int,
+    epochs: int,
+    batch_size: int = 2048,
+    learning_rate: float = 1e-3,
+    step_epochs: int = 5,
+    images_per_chunk: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Train p(c | N_p(x)) with cross-entropy: every training place's neighbours -> its nearest C_dist index.
+
+    The (neighbourhood, index) pairs are built on the fly, a few images at a time: all of them at once
+    would be N x h x w x (p^2 - 1) x D floats (GBs; the official code materialises them in float64).
+    Places are shuffled within each chunk of ``images_per_chunk`` images, chunks in a new order every
+    epoch. Adam, StepLR(``step_epochs``, 0.1) as in the paper. Returns the mean loss of every epoch.
+
+    Args:
+        mlp: the model to train (left in eval mode).
+        features: (N, D, h, w) training features.
+        targets: (N, h, w) nearest C_dist index of each place (:func:`nearest_indices`).
+        size: neighbourhood size p.
+        epochs: passes over every training place (paper 15).
+        batch_size: places per optimiser step (paper 2048).
+        learning_rate: Adam's (paper 1e-3).
+        step_epochs: the learning rate drops tenfold every this many epochs (paper 5).
+        images_per_chunk: images whose pairs are built and shuffled together.
+        seed: seeds the order of images and places.
+        progress: show a progress bar over epochs.
+    """
+    from tqdm import tqdm
+
+    generator = torch.Generator().manual_seed(seed)
+    optimiser = torch.optim.Adam(mlp.parameters(), lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_epochs, gamma=0.1)
+    losses = []
+    mlp.train()
+    for _ in tqdm(range(epochs), desc="PNI neighbourhood MLP", disable=not progress, leave=False):
+        total, count = 0.0, 0
+        order = torch.randperm(len(features), generator=generator)
+        for chunk in order.split(images_per_chunk):
+            neighbours = neighbourhood_features(features[chunk.to(features.device)], size)
+            inputs = neighbours.permute(0, 2, 3, 1).reshape(-1, neighbours.shape[1])
+            labels = targets[chunk.to(targets.device)].reshape(-1)
+            shuffle = torch.randperm(len(inputs), generator=generator).to(inputs.device)
+            for batch in shuffle.split(batch_size):
+                if len(batch) < 2:  # BatchNorm needs two samples
+                    continue
+                loss = F.cross_entropy(mlp(inputs[batch]), labels[batch])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total, count = total + float(loss) * len(batch), count + len(batch)
+        schedule.step()
+        losses.append(total / max(count, 1))
+    mlp.eval()
+    return losses

@@ -1,0 +1,139 @@
+"""PNI network: patch features -> p(c | position) and p(c | neighbourhood) over C_dist -> thresholded distances.
+
+Fit (:meth:`PNIModel.fit`) takes the training features: the embedding coreset C_emb (greedy, 1%), the
+distribution coreset C_dist (greedy, from C_emb), each C_dist element's nearest C_emb element, the
+position histogram, and the neighbourhood MLP trained on the fly. Eval ``forward`` is one traceable graph
+with a dynamic batch (unfold, matmuls, softmax, a masked min): no faiss, no loops over places or coreset
+elements. The refinement network (issue 13) is a separate step, not in this module yet.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
+from anomalib.data import InferenceBatch
+from anomalib.models.components import DynamicBufferMixin
+from torch import nn
+
+from anomalib_ext.components.blur import SeparableGaussianBlur
+from anomalib_ext.components.coreset import greedy_coreset_indices
+from anomalib_ext.components.embedding import PatchEmbedding
+from anomalib_ext.models.pni.distributions import (
+    NeighbourhoodMLP,
+    PNIScore,
+    nearest_indices,
+    neighbourhood_features,
+    position_histogram,
+    train_neighbourhood_mlp,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class PNIModel(DynamicBufferMixin, nn.Module):
+    """Position and neighbourhood information over a distribution coreset (PNI, ICCV 2023).
+
+    Args:
+        backbone, layers, pre_trained, backbone_weights: the patch embedding (:class:`PatchEmbedding`).
+        pool_size: local aggregation window of the embedding (PatchCore 3; the paper's "patch 5").
+        embedding_ratio: |C_emb| as a fraction of all training patches (paper 1%).
+        distribution_size: |C_dist| (paper 2048), taken from C_emb by the same greedy selection; at most |C_emb|.
+        neighbourhood_size: p of the p x p neighbourhood (paper 9), also the position histogram's window.
+        use_neighbourhood / use_position: the two distributions (the ablation); with neither, every C_dist
+            element is allowed and the score is the distance to the nearest c*_emb.
+        mlp_depth, mlp_width, temperature: the neighbourhood MLP (paper 10 x 2048, T = 2).
+        tau: threshold on p(c | Omega) (None: the paper's 1 / (2 |C_dist|)).
+        blur_sigma: Gaussian smoothing of the full-resolution map (paper 8).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite2",
+        layers: tuple[str, ...] = ("blocks.2", "blocks.4"),
+        *,
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        pool_size: int = 3,
+        embedding_ratio: float = 0.01,
+        distribution_size: int = 2048,
+        neighbourhood_size: int = 9,
+        use_neighbourhood: bool = True,
+        use_position: bool = True,
+        mlp_depth: int = 10,
+        mlp_width: int = 2048,
+        temperature: float = 2.0,
+        tau: float | None = None,
+        blur_sigma: float = 8.0,
+    ) -> None:
+        super().__init__()
+        self.embedding = PatchEmbedding(
+            backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights, pool_size=pool_size
+        )
+        self.embedding_ratio = embedding_ratio
+        self.distribution_size = distribution_size
+        self.neighbourhood_size = neighbourhood_size
+        self.use_neighbourhood = use_neighbourhood
+        self.use_position = use_position
+        self.mlp_depth, self.mlp_width, self.temperature = mlp_depth, mlp_width, temperature
+        self.mlp: NeighbourhoodMLP | None = None  # sized at fit time from D and |C_dist|
+        self.score = PNIScore(tau)
+        self.blur = SeparableGaussianBlur(blur_sigma)
+        self.register_buffer("position", torch.empty(0))  # (|C_dist|, h, w) p(c | x)
+
+    def fit(self, features: torch.Tensor, *, epochs: int, batch_size: int = 2048, seed: int = 0) -> None:
+        """Coresets, c*_emb, the position histogram and the neighbourhood MLP from (N, D, h, w) features."""
+        n, d, h, w = features.shape
+        patches = features.permute(0, 2, 3, 1).reshape(-1, d)
+        size = max(1, int(len(patches) * self.embedding_ratio))
+        embedding_coreset = patches[greedy_coreset_indices(patches, coreset_size=size, seed=seed)]
+        k = min(self.distribution_size, size)
+        distribution_coreset = embedding_coreset[greedy_coreset_indices(embedding_coreset, coreset_size=k, seed=seed)]
+        self.score.fit(distribution_coreset, embedding_coreset)
+        targets = nearest_indices(features, distribution_coreset)
+        logger.info("PNI: C_emb %d, C_dist %d features, %d images of %d x %d places", size, k, n, h, w)
+        self.position = position_histogram(targets, k, self.neighbourhood_size) if self.use_position else torch.empty(0)
+        self.mlp = None
+        if self.use_neighbourhood:
+            torch.manual_seed(seed)  # the MLP's initial weights
+            in_features = d * (self.neighbourhood_size**2 - 1)
+            self.mlp = NeighbourhoodMLP(in_features, k, self.mlp_depth, self.mlp_width, self.temperature)
+            self.mlp.to(features.device)
+            losses = train_neighbourhood_mlp(
+                self.mlp,
+                features,
+                targets,
+                size=self.neighbourhood_size,
+                epochs=epochs,
+                batch_size=batch_size,
+                seed=seed,
+            )
+            logger.info("PNI neighbourhood MLP: cross-entropy %s per epoch", [round(x, 3) for x in losses])
+
+    def distributions(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, |C_dist|, h, w) p(c | Omega): the mean of the distributions in use (uniform if none)."""
+        b, _, h, w = features.shape
+        k = self.score.targets.shape[0]
+        parts = []
+        if self.mlp is not None:
+            parts.append(self.mlp.probabilities(neighbourhood_features(features, self.neighbourhood_size)))
+        if self.position.numel():
+            parts.append(self.position[None].expand(b, k, h, w))
+        if not parts:
+            return features.new_full((b, k, h, w), 1.0 / k)
+        return sum(parts) / len(parts)
+
+    def patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, 1, h, w) patch scores."""
+        features = self.embedding(images)
+        return self.score(features, self.distributions(features))
+
+    def forward(self, images: torch.Tensor) -> InferenceBatch:
+        """(B, 3, H, W) images in [0, 1] -> ``InferenceBatch(pred_score, anomaly_map)``; map bilinear + blur."""
+        if self.score.targets.numel() == 0:
+            msg = "PNI is not fitted: train it before scoring."
+            raise RuntimeError(msg)
+        patch = self.patch_scores(images)
+        anomaly_map = self.blur(F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)

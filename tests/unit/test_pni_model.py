@@ -1,0 +1,85 @@
+"""PNIModel: fit on tiny images with a random backbone, the ablation switches, and the eval graph."""
+
+import pytest
+import torch
+
+
+def _model(**kwargs):
+    from anomalib_ext.models.pni.torch_model import PNIModel
+
+    settings = {
+        "embedding_ratio": 0.2,
+        "distribution_size": 16,
+        "neighbourhood_size": 3,
+        "mlp_depth": 2,
+        "mlp_width": 32,
+    }
+    settings |= kwargs
+    return PNIModel("tf_efficientnet_lite0", pre_trained=False, **settings)
+
+
+@pytest.fixture(scope="module")
+def training():
+    torch.manual_seed(0)
+    images = 0.5 + 0.1 * torch.randn(6, 3, 64, 64)
+    return images.clamp(0, 1)
+
+
+def _fitted(training, **kwargs):
+    model = _model(**kwargs).eval()
+    with torch.no_grad():
+        features = model.embedding(training)
+    model.fit(features, epochs=1, batch_size=64)
+    return model.eval()
+
+
+def test_fit_and_score(training):
+    model = _fitted(training)
+    assert model.score.targets.shape[0] == 16 and model.position.shape[0] == 16 and model.mlp is not None
+    with torch.no_grad():
+        out = model(training[:3])
+        p = model.distributions(model.embedding(training[:2]))
+    assert out.pred_score.shape == (3,) and out.anomaly_map.shape == (3, 1, 64, 64)
+    assert torch.allclose(out.pred_score, out.anomaly_map.flatten(1).amax(1))
+    assert torch.allclose(p.sum(1), torch.ones_like(p[:, 0]), atol=1e-5)
+
+
+def test_without_either_distribution_every_element_is_allowed(training):
+    model = _fitted(training, use_neighbourhood=False, use_position=False)
+    assert model.mlp is None and model.position.numel() == 0
+    with torch.no_grad():
+        features = model.embedding(training[:2])
+        patch = model.patch_scores(training[:2])
+    nearest = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), model.score.targets).amin(1)
+    assert torch.allclose(patch.flatten(), nearest, atol=1e-3)
+
+
+def test_position_only_and_neighbourhood_only(training):
+    position_only = _fitted(training, use_neighbourhood=False)
+    neighbourhood_only = _fitted(training, use_position=False)
+    assert position_only.mlp is None and position_only.position.numel()
+    assert neighbourhood_only.mlp is not None and neighbourhood_only.position.numel() == 0
+    with torch.no_grad():
+        assert position_only(training[:1]).pred_score.isfinite().all()
+        assert neighbourhood_only(training[:1]).pred_score.isfinite().all()
+
+
+def test_unfitted_model_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        _model()(torch.rand(1, 3, 64, 64))
+
+
+def test_eval_graph_traces_with_any_batch(training):
+    model = _fitted(training)
+
+    class Scores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, images):
+            return self.model(images).pred_score
+
+    with torch.no_grad():
+        traced = torch.jit.trace(Scores().eval(), training[:2], check_trace=False)
+        assert torch.allclose(traced(training[:4]), model(training[:4]).pred_score, atol=1e-4)
