@@ -205,7 +205,7 @@ def train_neighbourhood_mlp(
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
-                total, count = total + float(loss) * len(batch), count + len(batch)
+                total, count = total + loss.item() * len(batch), count + len(batch)
         schedule.step()
         losses.append(total / max(count, 1))
     mlp.eval()
