@@ -76,8 +76,8 @@ def test_get_datamodule_and_models_after_register(tiny_gpd):
     })
     assert isinstance(full, SyntheticGPD)
     assert set(registered_names()["data"]) == {"GPD", "SyntheticGPD", "MVTecLikeFolder"}
-    assert registered_names()["models"] == ["AMFS", "AlignedPatchcore"]
-    from anomalib_ext.models import AMFS, AlignedPatchcore
+    assert registered_names()["models"] == ["AMFS", "AlignedPNI", "AlignedPatchcore", "PNI"]
+    from anomalib_ext.models import AMFS, PNI, AlignedPatchcore
 
     # (anomalib's lookup by bare name searches direct AnomalibModule subclasses only: the class-path form)
     aligned = anomalib.models.get_model({"class_path": "AlignedPatchcore", "init_args": {"pre_trained": False}})
@@ -88,6 +88,7 @@ def test_get_datamodule_and_models_after_register(tiny_gpd):
         anomalib.models.get_model({"class_path": "anomalib_ext.models.AMFS", "init_args": {"pre_trained": False}}),
         AMFS,
     )
+    assert isinstance(anomalib.models.get_model("PNI", pre_trained=False), PNI)
 
 
 @pytest.mark.slow

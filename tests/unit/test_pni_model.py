@@ -83,3 +83,11 @@ def test_eval_graph_traces_with_any_batch(training):
     with torch.no_grad():
         traced = torch.jit.trace(Scores().eval(), training[:2], check_trace=False)
         assert torch.allclose(traced(training[:4]), model(training[:4]).pred_score, atol=1e-4)
+
+
+def test_a_fitted_state_dict_loads_into_a_fresh_model(training):
+    model = _fitted(training)
+    fresh = _model().eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh(training[:2]).pred_score, model(training[:2]).pred_score)

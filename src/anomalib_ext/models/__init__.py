@@ -2,5 +2,6 @@
 
 from anomalib_ext.models.aligned import AlignedPatchcore, aligned
 from anomalib_ext.models.amfs import AMFS
+from anomalib_ext.models.pni import PNI, AlignedPNI
 
-__all__ = ["AMFS", "AlignedPatchcore", "aligned"]
+__all__ = ["AMFS", "PNI", "AlignedPNI", "AlignedPatchcore", "aligned"]

@@ -95,21 +95,37 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         logger.info("PNI: C_emb %d, C_dist %d features, %d images of %d x %d places", size, k, n, h, w)
         self.position = position_histogram(targets, k, self.neighbourhood_size) if self.use_position else torch.empty(0)
         self.mlp = None
-        if self.use_neighbourhood:
+        if not self.use_neighbourhood:
+            return
+        # Lightning calls a memory-bank model's fit() inside inference mode (on_validation_start): the MLP
+        # must be built and trained outside it, on tensors that are not inference tensors.
+        with torch.inference_mode(mode=False), torch.enable_grad():
             torch.manual_seed(seed)  # the MLP's initial weights
             in_features = d * (self.neighbourhood_size**2 - 1)
             self.mlp = NeighbourhoodMLP(in_features, k, self.mlp_depth, self.mlp_width, self.temperature)
             self.mlp.to(features.device)
             losses = train_neighbourhood_mlp(
                 self.mlp,
-                features,
-                targets,
+                features.clone(),
+                targets.clone(),
                 size=self.neighbourhood_size,
                 epochs=epochs,
                 batch_size=batch_size,
                 seed=seed,
             )
-            logger.info("PNI neighbourhood MLP: cross-entropy %s per epoch", [round(x, 3) for x in losses])
+        logger.info("PNI neighbourhood MLP: cross-entropy %s per epoch", [round(x, 3) for x in losses])
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:
+        """A fitted checkpoint has the MLP (sized at fit time): build it from its weights' shapes first."""
+        linear = sorted(
+            (int(key[len(prefix + "mlp.net.") :].split(".")[0]), tensor.shape)
+            for key, tensor in state_dict.items()
+            if key.startswith(prefix + "mlp.net.") and key.endswith(".weight") and tensor.ndim == 2
+        )
+        if linear:
+            width = linear[0][1][0] if len(linear) > 1 else self.mlp_width
+            self.mlp = NeighbourhoodMLP(linear[0][1][1], linear[-1][1][0], len(linear), width, self.temperature)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def distributions(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, |C_dist|, h, w) p(c | Omega): the mean of the distributions in use (uniform if none)."""

@@ -1,0 +1,178 @@
+"""PNI — position and neighbourhood information (ICCV 2023) as an anomalib model.
+
+``anomalib train --model PNI --data MVTecLikeFolder ...``: one pass over the training images collects
+their patch features; :meth:`PNI.fit` then builds the coresets, the position histogram and trains the
+neighbourhood MLP (:class:`PNIModel`). On registered images (printed garments) use ``AlignedPNI``: the
+same model behind the shared ``align`` host step. Being built (issue 13): the refinement network.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from anomalib import LearningType
+from anomalib.data import Batch
+from anomalib.metrics import Evaluator
+from anomalib.models.components import AnomalibModule, MemoryBankMixin
+from anomalib.post_processing import PostProcessor
+from anomalib.pre_processing import PreProcessor
+from anomalib.visualization import Visualizer
+from lightning.pytorch.utilities.seed import isolate_rng
+from torch import nn
+from torchvision.transforms.v2 import Compose, Resize
+
+from anomalib_ext.models.aligned import AlignedMixin
+from anomalib_ext.models.pni.torch_model import PNIModel
+from anomalib_ext.transforms.align import ORBSettings
+
+
+class PNI(MemoryBankMixin, AnomalibModule):
+    """PNI anomaly detector.
+
+    Args:
+        backbone, layers, pre_trained, backbone_weights, pool_size: the patch embedding (PatchCore's).
+        embedding_ratio: |C_emb| / training patches (paper 1%).
+        distribution_size: |C_dist| (paper 2048).
+        neighbourhood_size: p (paper 9).
+        use_neighbourhood, use_position: the two distributions (the paper's ablation).
+        mlp_depth, mlp_width, mlp_epochs, mlp_batch_size, temperature: the neighbourhood MLP.
+        tau: threshold on p(c | Omega); None = the paper's 1 / (2 |C_dist|).
+        blur_sigma: Gaussian smoothing of the map (paper 8).
+        seed: coreset starts, MLP initialisation and sample order.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite2",
+        layers: Sequence[str] = ("blocks.2", "blocks.4"),
+        *,
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        pool_size: int = 3,
+        embedding_ratio: float = 0.01,
+        distribution_size: int = 2048,
+        neighbourhood_size: int = 9,
+        use_neighbourhood: bool = True,
+        use_position: bool = True,
+        mlp_depth: int = 3,
+        mlp_width: int = 512,
+        mlp_epochs: int = 2,
+        mlp_batch_size: int = 2048,
+        temperature: float = 2.0,
+        tau: float | None = None,
+        blur_sigma: float = 8.0,
+        seed: int = 0,
+        pre_processor: nn.Module | bool = True,
+        post_processor: nn.Module | bool = True,
+        evaluator: Evaluator | bool = True,
+        visualizer: Visualizer | bool = True,
+    ) -> None:
+        super().__init__(
+            pre_processor=pre_processor,
+            post_processor=post_processor,
+            evaluator=evaluator,
+            visualizer=visualizer,
+        )
+        self.model = PNIModel(
+            backbone,
+            tuple(layers),
+            pre_trained=pre_trained,
+            backbone_weights=backbone_weights,
+            pool_size=pool_size,
+            embedding_ratio=embedding_ratio,
+            distribution_size=distribution_size,
+            neighbourhood_size=neighbourhood_size,
+            use_neighbourhood=use_neighbourhood,
+            use_position=use_position,
+            mlp_depth=mlp_depth,
+            mlp_width=mlp_width,
+            temperature=temperature,
+            tau=tau,
+            blur_sigma=blur_sigma,
+        )
+        self.mlp_epochs = mlp_epochs
+        self.mlp_batch_size = mlp_batch_size
+        self.seed = seed
+        self._features: list[torch.Tensor] = []
+
+    @classmethod
+    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
+        """Resize only (default 256 x 256); ImageNet normalisation happens inside the model."""
+        return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
+
+    @staticmethod
+    def configure_post_processor() -> PostProcessor:
+        """Anomalib's default post-processor."""
+        return PostProcessor()
+
+    @staticmethod
+    def configure_optimizers() -> None:
+        """None: :meth:`fit` trains the MLP itself, after the coresets exist."""
+        return
+
+    @property
+    def trainer_arguments(self) -> dict[str, Any]:
+        """One pass over the training data collects the features."""
+        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
+
+    @property
+    def learning_type(self) -> LearningType:
+        """One-class: normal images only."""
+        return LearningType.ONE_CLASS
+
+    def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
+        """Keep the patch features of the batch's normal images."""
+        del args, kwargs
+        images = batch.image if batch.gt_label is None else batch.image[batch.gt_label == 0]
+        with torch.no_grad():
+            self._features.append(self.model.embedding(images).cpu())
+        return torch.tensor(0.0, requires_grad=True, device=self.device)
+
+    def fit(self) -> None:
+        """Coresets, position histogram and neighbourhood MLP (seeded; the global RNG state is restored)."""
+        features = torch.cat(self._features) if self._features else torch.empty(0)
+        if len(features) < 2:
+            msg = f"PNI needs at least 2 normal training images, got {len(features)}."
+            raise ValueError(msg)
+        with isolate_rng():
+            random.seed(self.seed)
+            np.random.seed(self.seed)  # ruff: ignore[numpy-legacy-random] - seeds whatever draws from the global RNG
+            torch.manual_seed(self.seed)
+            self.model.fit(
+                features.to(self.device), epochs=self.mlp_epochs, batch_size=self.mlp_batch_size, seed=self.seed
+            )
+        self._features = []
+
+    def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
+        """Scores and maps of the batch."""
+        del args, kwargs
+        return batch.update(**self.model(batch.image)._asdict())
+
+
+class AlignedPNI(AlignedMixin, PNI):
+    """PNI on images aligned to a reference training image (the shared ``align`` host step).
+
+    PNI's position model assumes that a place means the same thing in every image; on printed garments
+    photographed with varied pose that holds only after alignment.
+
+    Args:
+        orb: alignment settings (:class:`ORBSettings` or a mapping of its fields).
+        reference: ``best`` or ``first`` (see :class:`anomalib_ext.models.aligned.AlignedMixin`).
+        fill_from_reference: show the reference where an aligned image has no pixels.
+        **kwargs: PNI's arguments.
+    """
+
+    def __init__(
+        self,
+        *,
+        orb: ORBSettings | dict[str, Any] = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
+        reference: str = "best",
+        fill_from_reference: bool = True,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference)
