@@ -18,21 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
-from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.amfs.synthetic import check_fusion_anomalies, fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
 from anomalib_ext.models.base import HostStepsMixin
+from anomalib_ext.models.one_pass import OnePassFitMixin
 from anomalib_ext.transforms.align import (
     AlignmentStep,
     BatchAligner,
@@ -45,7 +42,7 @@ from anomalib_ext.transforms.align import (
 logger = logging.getLogger(__name__)
 
 
-class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
+class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
     """AMFS anomaly detector.
 
     Args:
@@ -94,6 +91,8 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         texture_dir: textures for DRAEM-style anomalies (e.g. DTD); ``None`` = anomalib's noise textures.
         seed: seeds hold-out split, synthesis and coreset starts.
     """
+
+    default_image_size = (512, 512)  # the paper's input size (the pre-processor's default)
 
     def __init__(
         self,
@@ -170,31 +169,6 @@ class AMFS(HostStepsMixin, MemoryBankMixin, AnomalibModule):
         self.seed = seed
         self._train_images: list[tuple[str | None, torch.Tensor]] = []  # (path, uint8 image) as collected
         self._host_steps: HostPipeline | None = None  # built from the reference, after fit or checkpoint loading
-
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only (paper: 512 x 512); ImageNet normalisation happens inside the model, after alignment."""
-        return PreProcessor(transform=Compose([Resize(image_size or (512, 512), antialias=True)]))
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default: thresholds from validation, scores and maps normalised to 0.5 = threshold."""
-        return PostProcessor()
-
-    @staticmethod
-    def configure_optimizers() -> None:
-        """None: the banks and F_fusion are built in :meth:`fit`, not by Lightning's optimiser loop."""
-        return
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """One pass over the training data collects the images; no gradient clipping, no sanity check."""
-        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: normal images only."""
-        return LearningType.ONE_CLASS
 
     # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:

@@ -14,23 +14,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from anomalib import LearningType
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.components import AnomalibModule, MemoryBankMixin
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
-from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.models.aligned import AlignedMixin
+from anomalib_ext.models.one_pass import OnePassFitMixin
 from anomalib_ext.models.pni.torch_model import PNIModel
 from anomalib_ext.transforms.align import ORBSettings
 
 
-class PNI(MemoryBankMixin, AnomalibModule):
+class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
     """PNI anomaly detector.
 
     Args:
@@ -98,31 +95,6 @@ class PNI(MemoryBankMixin, AnomalibModule):
         self.mlp_batch_size = mlp_batch_size
         self.seed = seed
         self._features: list[torch.Tensor] = []
-
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only (default 256 x 256); ImageNet normalisation happens inside the model."""
-        return PreProcessor(transform=Compose([Resize(image_size or (256, 256), antialias=True)]))
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default post-processor."""
-        return PostProcessor()
-
-    @staticmethod
-    def configure_optimizers() -> None:
-        """None: :meth:`fit` trains the MLP itself, after the coresets exist."""
-        return
-
-    @property
-    def trainer_arguments(self) -> dict[str, Any]:
-        """One pass over the training data collects the features."""
-        return {"gradient_clip_val": 0, "max_epochs": 1, "num_sanity_val_steps": 0, "devices": 1}
-
-    @property
-    def learning_type(self) -> LearningType:
-        """One-class: normal images only."""
-        return LearningType.ONE_CLASS
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
         """Keep the patch features of the batch's normal images."""
