@@ -438,6 +438,19 @@ def estimate_homography(image: np.ndarray | torch.Tensor, reference: ReferenceFe
     return result
 
 
+def warp_onto(
+    source: np.ndarray, homography: np.ndarray, destination: np.ndarray, *, flags: int = cv2.INTER_LINEAR
+) -> np.ndarray:
+    """Warp an HxW[xC] array into ``destination`` (its size, in place) and return it.
+
+    BORDER_TRANSPARENT leaves the destination where the source has no pixels: a fill in one pass, no mask.
+    """
+    h, w = destination.shape[:2]
+    return cv2.warpPerspective(
+        source, homography, (w, h), dst=destination, flags=flags, borderMode=cv2.BORDER_TRANSPARENT
+    )
+
+
 def warp_tensor(
     tensor: torch.Tensor,
     homography: np.ndarray,
@@ -456,17 +469,9 @@ def warp_tensor(
     array = _planes_to_hwc(source) if channels_first else source.contiguous().numpy()
     flags = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
     if fill is not None:
-        # BORDER_TRANSPARENT leaves the destination where the source has no pixels: one pass, no mask.
         fill = fill.detach().cpu().to(source.dtype)
         destination = _planes_to_hwc(fill) if channels_first else fill.numpy().copy()
-        warped = cv2.warpPerspective(
-            array,
-            homography,
-            (size[1], size[0]),
-            dst=destination,
-            flags=flags,
-            borderMode=cv2.BORDER_TRANSPARENT,
-        )
+        warped = warp_onto(array, homography, destination, flags=flags)
     else:
         warped = cv2.warpPerspective(
             array,
@@ -608,14 +613,7 @@ class BatchAligner:
         no seen pixel is ever darkened by a mark). The fill is kept as an HxWx3 array, so each
         image costs one copy of it instead of a conversion (this is inside the deployed latency).
         """
-        h, w = self._below.shape[:2]
-
-        def warp_onto(source: np.ndarray, destination: np.ndarray) -> np.ndarray:
-            # BORDER_TRANSPARENT leaves the destination where the source has no pixels.
-            flags, border = cv2.INTER_LINEAR, cv2.BORDER_TRANSPARENT
-            return cv2.warpPerspective(source, homography, (w, h), dst=destination, flags=flags, borderMode=border)
-
-        warped = warp_onto(image, self._below.copy())
+        warped = warp_onto(image, homography, self._below.copy())
         if self.mark_unseen:
             cv2.copyTo(self._marks, self._outside_photo(homography, image.shape[:2]), warped)  # in place
         return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
