@@ -21,7 +21,7 @@ import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowerc
 from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 
-from anomalib_ext.components.memory_bank import squared_distances
+from anomalib_ext.components.memory_bank import squared_distances, torch_knn
 
 NOT_ALLOWED = 1e12  # distance given to elements below tau: finite (exports cleanly), larger than any real one
 
@@ -119,7 +119,7 @@ class PNIScore(DynamicBufferMixin, nn.Module):
 
     def fit(self, distribution_coreset: torch.Tensor, embedding_coreset: torch.Tensor) -> None:
         """c*_emb (Eq. 7): for each C_dist element, its nearest C_emb element."""
-        nearest = squared_distances(distribution_coreset[None], embedding_coreset[None])[0].argmin(1)
+        nearest = torch_knn(distribution_coreset, embedding_coreset, 1)[1][:, 0]
         self.targets = embedding_coreset[nearest].clone()
 
     @property
@@ -142,9 +142,7 @@ def nearest_indices(features: torch.Tensor, coreset: torch.Tensor, chunk: int = 
     """(N, D, h, w) features -> (N, h, w) index of each patch's nearest ``coreset`` element (M, D)."""
     d = features.shape[1]
     return torch.cat([
-        squared_distances(part.permute(0, 2, 3, 1).reshape(1, -1, d), coreset[None])[0]
-        .argmin(1)
-        .reshape(len(part), *part.shape[2:])
+        torch_knn(part.permute(0, 2, 3, 1).reshape(-1, d), coreset, 1)[1].reshape(len(part), *part.shape[2:])
         for part in features.split(chunk)
     ])
 

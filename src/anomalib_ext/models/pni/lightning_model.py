@@ -8,11 +8,9 @@ same model behind the shared ``align`` host step. Being built (issue 13): the re
 
 from __future__ import annotations
 
-import random
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from anomalib.data import Batch
 from anomalib.metrics import Evaluator
@@ -105,15 +103,12 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
     def fit(self) -> None:
-        """Coresets, position histogram and neighbourhood MLP (seeded; the global RNG state is restored)."""
+        """Coresets, position histogram and neighbourhood MLP (seeded; the global RNG state is left as it was)."""
         features = torch.cat(self._features) if self._features else torch.empty(0)
         if len(features) < 2:
             msg = f"PNI needs at least 2 normal training images, got {len(features)}."
             raise ValueError(msg)
-        with isolate_rng():
-            random.seed(self.seed)
-            np.random.seed(self.seed)  # ruff: ignore[numpy-legacy-random] - seeds whatever draws from the global RNG
-            torch.manual_seed(self.seed)
+        with isolate_rng():  # the model seeds what it draws (coresets, MLP weights, sample order) from `seed`
             self.model.fit(
                 features.to(self.device), epochs=self.mlp_epochs, batch_size=self.mlp_batch_size, seed=self.seed
             )
