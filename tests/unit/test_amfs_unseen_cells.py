@@ -67,8 +67,8 @@ def test_alignment_step_marks_exactly_what_the_photo_does_not_cover():
     assert 0 < unseen.float().mean() < 0.5  # the random pose leaves part of the frame without photo
     assert torch.equal(seen, ~unseen)  # every pixel is the photo's, or marked in every channel
     assert torch.equal(marked[0][:, seen], filled[0][:, seen])  # seen pixels are untouched by the marks
-    # Marked: the pixels whose centre lies outside the warped photo, i.e. where the reference fill sits
-    # (bilinear warping may blend photo and fill in the border row; that row counts as seen).
+    # Marked: the pixels outside the warped photo's outline, i.e. where the reference fill sits (the
+    # outline's edge row, where bilinear warping blends photo and fill, counts as seen).
     fill = torch.from_numpy(reference).permute(2, 0, 1).float() / 255
     is_fill = torch.isclose(filled[0], fill).all(0)
     near_fill = torch.nn.functional.max_pool2d(is_fill[None, None].float(), 3, stride=1, padding=1)[0, 0] > 0

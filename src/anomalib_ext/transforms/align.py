@@ -619,11 +619,13 @@ class BatchAligner:
         return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
 
     def _outside_photo(self, homography: np.ndarray, photo_size: tuple[int, int]) -> np.ndarray:
-        """(H, W) uint8, 1 where an output pixel's centre lies outside the warped photograph.
+        """(H, W) uint8, 1 outside the warped photograph's outline.
 
         The photo's outline (pixel edges, -0.5 .. size - 0.5) mapped by the homography is a convex
         quadrilateral (the sanity checks reject folding warps): rasterising it costs far less than
-        warping a coverage layer.
+        warping a coverage layer. OpenCV counts the pixels the outline's edge passes through as inside,
+        so a row of pixels whose centres lie just outside it (up to about a pixel: the photo/fill blends
+        of bilinear warping) is kept as seen; every pixel farther out is marked.
         """
         h, w = photo_size
         corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]], np.float64)

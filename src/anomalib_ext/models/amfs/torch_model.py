@@ -195,9 +195,9 @@ class AMFSModel(DynamicBufferMixin, nn.Module):
     def fill_unseen(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Aligned images with unseen marks -> the images with the reference there, and (B, 1, H, W) coverage.
 
-        A pixel is unseen where any channel is negative (the align step's ``mark_unseen``; the 1 px seam
-        that bilinear warping blends from photo and mark counts too); without a reference (an untrained
-        model) unseen pixels become 0.
+        A pixel is unseen where any channel is negative (the align step's ``mark_unseen`` writes the mark
+        after warping, outside the photo's outline); without a reference (an untrained model) unseen
+        pixels become 0.
         """
         covered = (images >= 0).all(dim=1, keepdim=True)
         fill = self.reference.permute(2, 0, 1)[None].to(images.dtype) / 255 if self.reference.numel() else 0.0
