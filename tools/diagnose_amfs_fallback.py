@@ -29,12 +29,9 @@ import torch
 
 def load_images(paths: list[str], size: int) -> torch.Tensor:
     """(N, 3, size, size) images in [0, 1], resized as the models' pre-processors resize them."""
-    from anomalib_ext.data.mvtec_like import read_rgb, resize_like_preprocessor
+    from anomalib_ext.data.mvtec_like import read_resized
 
-    return torch.cat([
-        resize_like_preprocessor(torch.from_numpy(read_rgb(p)).permute(2, 0, 1).float().div(255)[None], (size, size))
-        for p in paths
-    ])
+    return torch.cat([read_resized(p, (size, size)) for p in paths])
 
 
 def images_in(folder: Path) -> list[str]:
@@ -89,10 +86,10 @@ def check_storage(root: Path, size: int, seeds: list[int]) -> None:
     test = embed(embedding, load_images(test_paths, size))
     queries = test.permute(0, 2, 3, 1).reshape(1, -1, d)
     b = len(test)
+    stored = [embed(embedding, images) for images in (train, as_uint8)]  # the same for every coreset start
     for seed in seeds:
         aurocs = []
-        for images in (train, as_uint8):
-            features = embed(embedding, images)
+        for features in stored:
             bank = MemoryBank()
             bank.fit(features.permute(0, 2, 3, 1).reshape(-1, d), 0.01, seed=seed, progress=False)
             nearest, index = bank.nearest(queries)
