@@ -13,6 +13,8 @@ def _model(**kwargs):
         "neighbourhood_size": 3,
         "mlp_depth": 2,
         "mlp_width": 32,
+        "refine": False,
+        "refine_backbone": "tf_efficientnet_lite0",
     }
     settings |= kwargs
     return PNIModel("tf_efficientnet_lite0", pre_trained=False, **settings)
@@ -30,6 +32,8 @@ def _fitted(training, **kwargs):
     with torch.no_grad():
         features = model.embedding(training)
     model.fit(features, epochs=1, batch_size=64)
+    images = (training * 255).round().to(torch.uint8)
+    model.fit_refinement(images, epochs=1, batch_size=4)  # nothing to do when refine=False
     return model.eval()
 
 
@@ -69,8 +73,21 @@ def test_unfitted_model_says_so():
         _model()(torch.rand(1, 3, 64, 64))
 
 
-def test_eval_graph_traces_with_any_batch(training):
-    model = _fitted(training)
+def test_refinement_blends_a_tenth_of_the_refined_map_into_the_map(training):
+    model = _fitted(training, refine=True)
+    assert float(model.refiner.scale) > 0
+    with torch.no_grad():
+        coarse = model.coarse_map(training[:2])
+        refined = model.refiner.refine(training[:2], coarse) * model.refiner.scale
+        out = model(training[:2])
+    assert torch.allclose(out.anomaly_map, 0.9 * coarse + 0.1 * refined, atol=1e-5)
+    assert not torch.allclose(out.anomaly_map, coarse)
+    assert _fitted(training).refiner is None
+
+
+@pytest.mark.parametrize("refine", [False, True])
+def test_eval_graph_traces_with_any_batch(training, refine):
+    model = _fitted(training, refine=refine)
 
     class Scores(torch.nn.Module):
         def __init__(self) -> None:
@@ -86,8 +103,8 @@ def test_eval_graph_traces_with_any_batch(training):
 
 
 def test_a_fitted_state_dict_loads_into_a_fresh_model(training):
-    model = _fitted(training)
-    fresh = _model().eval()
+    model = _fitted(training, refine=True)
+    fresh = _model(refine=True).eval()
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.allclose(fresh(training[:2]).pred_score, model(training[:2]).pred_score)

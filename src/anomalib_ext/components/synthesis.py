@@ -3,7 +3,8 @@
 - Perlin-shaped texture anomalies (DRAEM): anomalib's ``PerlinAnomalyGenerator``, reused as is.
 - CutPaste and CutPaste-Scar (Li et al., 2021): a patch / a thin rotated strip cut from the image,
   colour-jittered and pasted elsewhere.
-- Free-form masks: random brush strokes (as used for inpainting and PNI's refinement training).
+- Free-form masks: random brush strokes (as used for inpainting), and PNI's refinement labels
+  (``stroke_defect_mask``: several stroke patterns, resized and combined).
 - ``paste_region``: a masked region of one image pasted into a target area of another (PRN's
   extended anomalies).
 """
@@ -110,6 +111,37 @@ def free_form_mask(
             cv2.circle(mask, (int(nx), int(ny)), thickness // 2, 255, -1)
             y, x = ny, nx
     return torch.from_numpy(mask > 0).float()[None]
+
+
+def stroke_defect_mask(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    *,
+    patterns: tuple[int, int] = (1, 4),
+    scale: tuple[float, float] = (0.1, 0.5),
+) -> torch.Tensor:
+    """(1, H, W) binary defect label: a few hand-drawn-like stroke patterns, each resized and placed at random.
+
+    PNI's refinement data (paper Fig. 3): binary stroke patterns drawn at a fixed size, then randomly
+    resized and combined. Each pattern is :func:`free_form_mask` on a square canvas whose side is
+    ``scale`` x the image's shorter side, stretched by up to 1.5x along one axis, and put at a random place;
+    the union of 1-3 (``patterns`` is a half-open range) patterns is the label. Never empty.
+    """
+    mask = torch.zeros(1, height, width)
+    side = min(height, width)
+    for _ in range(int(rng.integers(*patterns))):
+        canvas = max(8, int(rng.uniform(*scale) * side))
+        pattern = free_form_mask(64, 64, rng, strokes=(1, 3), brush=(0.06, 0.16))
+        stretch = rng.uniform(1.0, 1.5)
+        ph, pw = (min(height, int(canvas * stretch)), canvas) if rng.random() < 0.5 else (canvas, int(canvas * stretch))
+        ph, pw = min(ph, height), min(pw, width)
+        pattern = torch.nn.functional.interpolate(pattern[None], size=(ph, pw), mode="nearest")[0]
+        y, x = int(rng.integers(0, height - ph + 1)), int(rng.integers(0, width - pw + 1))
+        mask[:, y : y + ph, x : x + pw] = torch.maximum(mask[:, y : y + ph, x : x + pw], pattern)
+    if not bool(mask.any()):  # a pattern can be all background only if every stroke fell off its canvas
+        mask[:, height // 2 - 2 : height // 2 + 2, width // 2 - 2 : width // 2 + 2] = 1
+    return mask
 
 
 def paste_region(

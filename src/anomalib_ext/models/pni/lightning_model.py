@@ -1,9 +1,10 @@
 """PNI — position and neighbourhood information (ICCV 2023) as an anomalib model.
 
 ``anomalib train --model PNI --data MVTecLikeFolder ...``: one pass over the training images collects
-their patch features; :meth:`PNI.fit` then builds the coresets, the position histogram and trains the
-neighbourhood MLP (:class:`PNIModel`). On registered images (printed garments) use ``AlignedPNI``: the
-same model behind the shared ``align`` host step. Being built (issue 13): the refinement network.
+their patch features (and the images, as uint8, for the refinement); :meth:`PNI.fit` then builds the
+coresets and the position histogram, trains the neighbourhood MLP, and last the refinement network on
+synthetic defects (:class:`PNIModel`). On registered images (printed garments) use ``AlignedPNI``: the
+same model behind the shared ``align`` host step.
 """
 
 from __future__ import annotations
@@ -37,7 +38,10 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         mlp_depth, mlp_width, mlp_epochs, mlp_batch_size, temperature: the neighbourhood MLP.
         tau: threshold on p(c | Omega); None = the paper's 1 / (2 |C_dist|).
         blur_sigma: Gaussian smoothing of the map (paper 8).
-        seed: coreset starts, MLP initialisation and sample order.
+        refine: the pixel-wise refinement network (paper Sec. 3.3); ``False`` switches it off.
+        refine_backbone, refine_backbone_weights, refine_ratio, refine_epochs, refine_batch_size: its encoder,
+            the share of the refined map (paper 0.1), epochs (paper 3) and batch size (paper 8).
+        seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
 
     def __init__(
@@ -60,6 +64,12 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         temperature: float = 2.0,
         tau: float | None = None,
         blur_sigma: float = 8.0,
+        refine: bool = True,
+        refine_backbone: str = "tf_efficientnet_lite2",
+        refine_backbone_weights: str | None = None,
+        refine_ratio: float = 0.1,
+        refine_epochs: int = 3,
+        refine_batch_size: int = 8,
         seed: int = 0,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -88,11 +98,18 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             temperature=temperature,
             tau=tau,
             blur_sigma=blur_sigma,
+            refine=refine,
+            refine_backbone=refine_backbone,
+            refine_backbone_weights=refine_backbone_weights,
+            refine_ratio=refine_ratio,
         )
+        self.refine_epochs = refine_epochs
+        self.refine_batch_size = refine_batch_size
         self.mlp_epochs = mlp_epochs
         self.mlp_batch_size = mlp_batch_size
         self.seed = seed
         self._features: list[torch.Tensor] = []
+        self._images: list[torch.Tensor] = []  # uint8 (a quarter of float32's memory), for the refinement
 
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
         """Keep the patch features of the batch's normal images."""
@@ -100,10 +117,12 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         images = batch.image if batch.gt_label is None else batch.image[batch.gt_label == 0]
         with torch.no_grad():
             self._features.append(self.model.embedding(images).cpu())
+        if self.model.refiner is not None:
+            self._images.append((images.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu())
         return torch.tensor(0.0, requires_grad=True, device=self.device)
 
     def fit(self) -> None:
-        """Coresets, position histogram and neighbourhood MLP (seeded; the global RNG state is left as it was)."""
+        """Coresets, position histogram, neighbourhood MLP, refinement (seeded; global RNGs left as they were)."""
         features = torch.cat(self._features) if self._features else torch.empty(0)
         if len(features) < 2:
             msg = f"PNI needs at least 2 normal training images, got {len(features)}."
@@ -112,7 +131,14 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             self.model.fit(
                 features.to(self.device), epochs=self.mlp_epochs, batch_size=self.mlp_batch_size, seed=self.seed
             )
-        self._features = []
+            if self.model.refiner is not None:
+                self.model.fit_refinement(
+                    torch.cat(self._images),
+                    epochs=self.refine_epochs,
+                    batch_size=self.refine_batch_size,
+                    seed=self.seed,
+                )
+        self._features, self._images = [], []
 
     def validation_step(self, batch: Batch, *args, **kwargs) -> Batch:
         """Scores and maps of the batch."""

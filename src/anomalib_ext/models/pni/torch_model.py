@@ -3,8 +3,10 @@
 Fit (:meth:`PNIModel.fit`) takes the training features: the embedding coreset C_emb (greedy, 1%), the
 distribution coreset C_dist (greedy, from C_emb), each C_dist element's nearest C_emb element, the
 position histogram, and the neighbourhood MLP trained on the fly. Eval ``forward`` is one traceable graph
-with a dynamic batch (unfold, matmuls, softmax, a masked min): no faiss, no loops over places or coreset
-elements. The refinement network (issue 13) is a separate step, not in this module yet.
+with a dynamic batch (unfold, matmuls, softmax, a masked min, and the refinement network when it is on):
+no faiss, no loops over places or coreset elements. The refinement network
+(:class:`~anomalib_ext.models.pni.refinement.RefinementNet`) is trained last, on synthetic defects of the
+training images (:meth:`PNIModel.fit_refinement`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from anomalib_ext.models.pni.distributions import (
     position_histogram,
     train_neighbourhood_mlp,
 )
+from anomalib_ext.models.pni.refinement import RefinementNet, train_refinement
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         mlp_depth, mlp_width, temperature: the neighbourhood MLP (paper 10 x 2048, T = 2).
         tau: threshold on p(c | Omega) (None: the paper's 1 / (2 |C_dist|)).
         blur_sigma: Gaussian smoothing of the full-resolution map (paper 8).
+        refine: the pixel-wise refinement network (paper Sec. 3.3); False leaves the map as the score gives it.
+        refine_backbone, refine_backbone_weights: its encoder (offline lite2 in place of the paper's
+            DenseNet-161) and, optionally, a weights file for it.
+        refine_ratio: the share of the refined map in the final one (paper 0.1).
     """
 
     def __init__(
@@ -66,6 +73,10 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         temperature: float = 2.0,
         tau: float | None = None,
         blur_sigma: float = 8.0,
+        refine: bool = True,
+        refine_backbone: str = "tf_efficientnet_lite2",
+        refine_backbone_weights: str | None = None,
+        refine_ratio: float = 0.1,
     ) -> None:
         super().__init__()
         self.embedding = PatchEmbedding(
@@ -81,6 +92,11 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         self.score = PNIScore(tau)
         self.blur = SeparableGaussianBlur(blur_sigma)
         self.register_buffer("position", torch.empty(0))  # (|C_dist|, h, w) p(c | x)
+        self.refiner = None
+        if refine:
+            self.refiner = RefinementNet(
+                refine_backbone, pre_trained=pre_trained, backbone_weights=refine_backbone_weights, ratio=refine_ratio
+            )
 
     def fit(self, features: torch.Tensor, *, epochs: int, batch_size: int = 2048, seed: int = 0) -> None:
         """Coresets, c*_emb, the position histogram and the neighbourhood MLP from (N, D, h, w) features."""
@@ -145,11 +161,28 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         features = self.embedding(images)
         return self.score(features, self.distributions(features))
 
+    def coarse_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1] -> (B, 1, H, W) map before refinement: patch scores, bilinear, blur."""
+        patch = self.patch_scores(images)
+        return self.blur(F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False))
+
+    def fit_refinement(self, images: torch.Tensor, *, epochs: int, batch_size: int = 8, seed: int = 0) -> None:
+        """Train the refinement network on synthetic defects of the (N, 3, H, W) uint8 training images."""
+        if self.refiner is None:
+            return
+        with torch.inference_mode(mode=False), torch.enable_grad():  # see fit(): Lightning calls it in inference mode
+            torch.manual_seed(seed)  # the new layers' weights: the same seed gives the same refiner
+            self.refiner.reset_new_layers()
+            train_refinement(
+                self.refiner, images.clone(), self.coarse_map, epochs=epochs, batch_size=batch_size, seed=seed
+            )
+
     def forward(self, images: torch.Tensor) -> InferenceBatch:
-        """(B, 3, H, W) images in [0, 1] -> ``InferenceBatch(pred_score, anomaly_map)``; map bilinear + blur."""
+        """(B, 3, H, W) images in [0, 1] -> ``InferenceBatch(pred_score, anomaly_map)``; image score = map max."""
         if self.score.targets.numel() == 0:
             msg = "PNI is not fitted: train it before scoring."
             raise RuntimeError(msg)
-        patch = self.patch_scores(images)
-        anomaly_map = self.blur(F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        anomaly_map = self.coarse_map(images)
+        if self.refiner is not None:
+            anomaly_map = self.refiner(images, anomaly_map)
         return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)

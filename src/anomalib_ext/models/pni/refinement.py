@@ -1,0 +1,255 @@
+"""PNI's pixel-wise refinement (paper Sec. 3.3): an encoder-decoder that redraws the anomaly map along the image.
+
+The patch-level map, resized and blurred, misses edges and thin shapes. The refinement network sees the
+RGB image and the map (4 channels, fused right after the first convolution: early fusion), and is trained
+on synthetic defects made from the training images,
+
+    I = (1 - A) * I_clean + A * I_defect                                          (paper, Eq. 13)
+
+with A a combination of hand-drawn-like stroke patterns and I_defect another (augmented, shifted) training
+image, to output A from (I, PNI's map of I), with an L2 + image-gradient loss (Eq. 14-15). At inference
+the final map is 90% the original and 10% the refined one (rescaled to the map's units), so a refinement
+that has learnt little cannot do much harm.
+
+The encoder is an offline ImageNet EfficientNet-Lite (lite2 by default; the paper uses DenseNet-161,
+which does not install offline); the decoder is a small U-Net path over its five feature strides.
+Everything is one traceable graph with a dynamic batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torch import nn
+from torchvision.transforms.v2 import functional as TF  # ruff: ignore[lowercase-imported-as-non-lowercase]
+
+from anomalib_ext.backbones import create_backbone
+from anomalib_ext.components.synthesis import stroke_defect_mask
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+logger = logging.getLogger(__name__)
+
+MAP_INPUT_CLAMP = 4.0  # the map enters the network as map / scale, bounded: a far-out score is just "very high"
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class RefinementNet(nn.Module):
+    """f(I, A_hat) -> refined map; :meth:`forward` returns the blended map in the input map's units.
+
+    Args:
+        backbone: an EfficientNet-family timm model (``conv_stem``, ``bn1``, ``blocks``); offline lite2 default.
+        pre_trained, backbone_weights: the encoder's ImageNet weights (see :func:`create_backbone`).
+        decoder_channels: widths of the decoder stages, deepest first: one per skip connection (strides 16 to 2).
+        ratio: share of the refined map in the output (paper 0.1).
+    """
+
+    def __init__(
+        self,
+        backbone: str = "tf_efficientnet_lite2",
+        *,
+        pre_trained: bool = True,
+        backbone_weights: str | None = None,
+        decoder_channels: tuple[int, ...] = (96, 64, 32, 24),
+        ratio: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= ratio <= 1.0:
+            msg = f"The refinement ratio must lie in [0, 1], got {ratio}."
+            raise ValueError(msg)
+        self.encoder = create_backbone(
+            backbone, pre_trained=pre_trained, backbone_weights=backbone_weights, features_only=True
+        )
+        if not all(hasattr(self.encoder, name) for name in ("conv_stem", "bn1", "blocks")):
+            msg = f"The refinement encoder must be an EfficientNet-family timm model; {backbone} is not."
+            raise ValueError(msg)
+        # Which blocks' outputs are the skip connections (timm's feature_info: strides 2, 4, 8, 16, 32).
+        self.taps = [int(name.split(".")[1]) for name in self.encoder.feature_info.module_name()]
+        skips = list(self.encoder.feature_info.channels())
+        if len(decoder_channels) != len(skips) - 1:
+            msg = f"decoder_channels needs {len(skips) - 1} widths (one per skip), got {len(decoder_channels)}."
+            raise ValueError(msg)
+        stem = self.encoder.conv_stem
+        # Early fusion: the map gets its own first convolution, added to the image's before the stem's BN.
+        padding = stem.kernel_size[0] // 2
+        self.map_stem = nn.Conv2d(1, stem.out_channels, stem.kernel_size, stem.stride, padding=padding)
+        stages, previous = [], skips[-1]
+        for skip, width in zip(skips[-2::-1], decoder_channels, strict=True):
+            stages.append(_conv_bn_relu(previous + skip, width))
+            previous = width
+        self.decoder = nn.ModuleList(stages)
+        self.head = nn.Conv2d(previous + 1, 1, 3, padding=1)  # full resolution, with the map itself beside it
+        self.ratio = ratio
+        self.register_buffer("scale", torch.tensor(0.0))  # typical map level of a synthetic defect; set by training
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+
+    def reset_new_layers(self) -> None:
+        """Draw the layers that do not come from ImageNet (map stem, decoder, head) afresh from torch's RNG."""
+        for module in [self.map_stem, *self.decoder.modules(), self.head]:
+            if hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+
+    def refine(self, images: torch.Tensor, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images in [0, 1], (B, 1, H, W) maps -> (B, 1, H, W) refined map in [0, 1] (logit-free)."""
+        level = (anomaly_map / self.scale.clamp_min(1e-12)).clamp(0.0, MAP_INPUT_CLAMP)
+        x = self.encoder.conv_stem((images - self.mean) / self.std)
+        x = self.encoder.bn1(x + self.map_stem(level)[..., : x.shape[-2], : x.shape[-1]])
+        features = []
+        for index, block in enumerate(self.encoder.blocks):
+            x = block(x)
+            if index in self.taps:
+                features.append(x)
+        x = features[-1]
+        for stage, skip in zip(self.decoder, features[-2::-1], strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = stage(torch.cat([x, skip], 1))
+        x = F.interpolate(x, size=anomaly_map.shape[-2:], mode="bilinear", align_corners=False)
+        return torch.sigmoid(self.head(torch.cat([x, level], 1)))
+
+    def forward(self, images: torch.Tensor, anomaly_map: torch.Tensor) -> torch.Tensor:
+        """The final map: (1 - ratio) x the map + ratio x the refined map, brought back to the map's units."""
+        refined = self.refine(images, anomaly_map) * self.scale
+        return (1.0 - self.ratio) * anomaly_map + self.ratio * refined
+
+
+def _augment(image: torch.Tensor, rng: np.random.Generator, max_angle: float) -> torch.Tensor:
+    """The paper's online augmentation of a (3, H, W) image: horizontal flip, rotation, colour change.
+
+    The rotation zooms in just enough (|cos| + |sin|) that no empty corner enters the picture: an empty
+    corner is itself an anomaly to PNI and would teach the refiner to ignore high scores.
+    """
+    if rng.random() < 0.5:
+        image = TF.horizontal_flip(image)
+    angle = float(rng.uniform(-max_angle, max_angle))
+    if angle:
+        zoom = abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))
+        image = TF.affine(image, angle=angle, translate=[0, 0], scale=zoom, shear=[0.0, 0.0])
+    image = TF.adjust_brightness(image, float(rng.uniform(0.9, 1.1)))
+    image = TF.adjust_contrast(image, float(rng.uniform(0.9, 1.1)))
+    return TF.adjust_saturation(image, float(rng.uniform(0.9, 1.1))).clamp(0, 1)
+
+
+def synthesise_defects(
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    max_angle: float = 10.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, 3, H, W) uint8 training images -> images I = (1 - A) I_clean + A I_defect and labels A for ``indices``.
+
+    I_clean is the augmented image at each index; I_defect another training image, augmented on its own
+    and shifted by a random offset (so that on registered images the pasted content differs from what
+    belongs there); A is :func:`stroke_defect_mask`.
+    """
+    _, _, h, w = images.shape
+    clean, labels, defects = [], [], []
+    for index in indices.tolist():
+        other = int(rng.integers(len(images) - 1))
+        other += other >= index  # any image but this one (the caller guarantees two or more)
+        source = _augment(images[other].float() / 255, rng, max_angle)
+        defects.append(torch.roll(source, (int(rng.integers(h)), int(rng.integers(w))), dims=(1, 2)))
+        clean.append(_augment(images[index].float() / 255, rng, max_angle))
+        labels.append(stroke_defect_mask(h, w, rng))
+    label = torch.stack(labels)
+    return (1 - label) * torch.stack(clean) + label * torch.stack(defects), label
+
+
+def refinement_loss(refined: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L2 + gradient loss (paper Eq. 14-15), as mean squared errors: the gradient term weights the edges."""
+    regression = F.mse_loss(refined, target)
+    gradient_h = F.mse_loss(refined.diff(dim=-2), target.diff(dim=-2))
+    gradient_w = F.mse_loss(refined.diff(dim=-1), target.diff(dim=-1))
+    return regression + gradient_h + gradient_w
+
+
+def train_refinement(
+    refiner: RefinementNet,
+    images: torch.Tensor,
+    coarse_map: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    epochs: int = 3,
+    batch_size: int = 8,
+    learning_rate: float = 1e-4,
+    calibration_images: int = 32,
+    seed: int = 0,
+    progress: bool = True,
+) -> list[float]:
+    """Train the refinement network on synthetic defects of the training images; returns each epoch's mean loss.
+
+    First the map scale: the median, over ``calibration_images`` synthetic images, of their map's maximum
+    (the refiner sees map / scale, and its [0, 1] output is multiplied back by it). Then ``epochs`` passes
+    (paper 3) over the training images in batches (paper 8), each image a fresh synthetic defect every
+    epoch (online augmentation), Adam (paper 1e-4). The encoder's batch-norm statistics stay the ImageNet
+    ones: batches of 8 are too small to re-estimate them.
+
+    Args:
+        refiner: the network (left in eval mode).
+        images: (N, 3, H, W) uint8 normal training images, N >= 2.
+        coarse_map: images in [0, 1] -> (B, 1, H, W) PNI map before refinement (called without gradients).
+        epochs: passes over the training images (paper 3).
+        batch_size: synthetic images per optimiser step (paper 8).
+        learning_rate: Adam's (paper 1e-4).
+        calibration_images: synthetic images that set the map scale.
+        seed: seeds the synthetic defects, augmentations and order.
+        progress: show a progress bar over the optimiser steps.
+    """
+    from tqdm import tqdm
+
+    if len(images) < 2:
+        msg = f"The refinement needs at least 2 training images (one is pasted into the other), got {len(images)}."
+        raise ValueError(msg)
+    device = refiner.scale.device
+    rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
+
+    calibration = torch.arange(min(calibration_images, len(images)))
+    with torch.no_grad():
+        maxima = [
+            coarse_map(synthesise_defects(images, chunk, rng)[0].to(device)).flatten(1).amax(1)
+            for chunk in calibration.split(batch_size)
+        ]
+    refiner.scale.fill_(float(torch.cat(maxima).median().clamp_min(1e-6)))
+
+    optimiser = torch.optim.Adam([p for p in refiner.parameters() if p.requires_grad], lr=learning_rate)
+    steps = epochs * math.ceil(len(images) / batch_size)
+    bar = tqdm(total=steps, desc="PNI refinement", disable=not progress, leave=False)
+    losses = []
+    for _ in range(epochs):
+        refiner.train()
+        for module in refiner.encoder.modules():  # keep the ImageNet BN statistics (see above)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):  # ruff: ignore[private-member-access] - the BN base class
+                module.eval()
+        total, count = 0.0, 0
+        for chunk in torch.randperm(len(images), generator=generator).split(batch_size):
+            synthetic, label = synthesise_defects(images, chunk, rng)
+            synthetic, label = synthetic.to(device), label.to(device)
+            with torch.no_grad():
+                coarse = coarse_map(synthetic)
+            loss = refinement_loss(refiner.refine(synthetic, coarse), label)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            total, count = total + loss.item() * len(chunk), count + len(chunk)
+            bar.update()
+        losses.append(total / count)
+    bar.close()
+    refiner.eval()
+    rounded = [round(x, 4) for x in losses]
+    logger.info("PNI refinement: map scale %.4g, loss %s per epoch", float(refiner.scale), rounded)
+    return losses

@@ -1,0 +1,108 @@
+"""PNI's refinement: stroke labels, the synthetic defects, the loss, the 4-channel network and its training."""
+
+import numpy as np
+import pytest
+import torch
+
+
+def test_stroke_labels_are_binary_never_empty_and_seeded():
+    from anomalib_ext.components.synthesis import stroke_defect_mask
+
+    masks = [stroke_defect_mask(96, 64, np.random.default_rng(seed)) for seed in range(20)]
+    for mask in masks:
+        assert mask.shape == (1, 96, 64)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert 0 < float(mask.mean()) < 0.5
+    again = stroke_defect_mask(96, 64, np.random.default_rng(3))
+    assert torch.equal(again, masks[3])
+    assert len({m.sum().item() for m in masks}) > 10  # shapes and sizes vary
+
+
+def test_synthetic_defects_paste_another_image_inside_the_label():
+    from anomalib_ext.models.pni.refinement import synthesise_defects
+
+    images = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    images[1] = 255  # the defect content (another image) is white, the clean image black
+    synthetic, label = synthesise_defects(images, torch.tensor([0, 0, 0]), np.random.default_rng(0))
+    assert synthetic.shape == (3, 3, 64, 64) and label.shape == (3, 1, 64, 64)
+    inside = label.expand_as(synthetic) > 0.5
+    assert synthetic[~inside].abs().max() < 1e-6  # outside A: the clean (black) image
+    assert synthetic[inside].min() > 0.8  # inside A: the other (white) image, colour-jittered by at most 10%
+
+
+def test_loss_is_zero_for_the_label_and_weighs_edges():
+    from anomalib_ext.models.pni.refinement import refinement_loss
+
+    label = torch.zeros(1, 1, 16, 16)
+    label[..., 4:12, 4:12] = 1
+    shifted = torch.roll(label, 1, dims=-1)
+    assert float(refinement_loss(label, label)) == 0
+    regression_only = torch.nn.functional.mse_loss(shifted, label)
+    assert float(refinement_loss(shifted, label)) > float(regression_only)
+
+
+def _network(**kwargs):
+    from anomalib_ext.models.pni.refinement import RefinementNet
+
+    net = RefinementNet("tf_efficientnet_lite0", pre_trained=False, **kwargs).eval()
+    net.scale.fill_(2.0)
+    return net
+
+
+def test_network_sees_the_map_and_keeps_the_map_units():
+    net = _network()
+    images, coarse = torch.rand(2, 3, 64, 48), torch.rand(2, 1, 64, 48)
+    with torch.no_grad():
+        refined = net.refine(images, coarse)
+        other = net.refine(images, coarse.flip(-1))
+        out = net(images, coarse)
+    assert refined.shape == (2, 1, 64, 48) and refined.min() >= 0 and refined.max() <= 1
+    assert not torch.allclose(refined, other)  # the map enters the network (early fusion)
+    assert torch.allclose(out, 0.9 * coarse + 0.1 * 2.0 * refined, atol=1e-6)
+    with torch.no_grad():
+        assert torch.equal(_network(ratio=0.0)(images, coarse), coarse)
+
+
+def test_network_rejects_bad_settings():
+    from anomalib_ext.models.pni.refinement import RefinementNet
+
+    with pytest.raises(ValueError, match="ratio"):
+        RefinementNet("tf_efficientnet_lite0", pre_trained=False, ratio=1.5)
+    with pytest.raises(ValueError, match="decoder_channels"):
+        RefinementNet("tf_efficientnet_lite0", pre_trained=False, decoder_channels=(8, 8))
+    with pytest.raises(ValueError, match="EfficientNet"):
+        RefinementNet("resnet18", pre_trained=False)
+
+
+def _train(images, coarse_map, seed, epochs=3):
+    from anomalib_ext.models.pni.refinement import train_refinement
+
+    torch.manual_seed(seed)
+    net = _network()
+    net.reset_new_layers()
+    losses = train_refinement(net, images, coarse_map, epochs=epochs, batch_size=4, learning_rate=3e-3, seed=seed)
+    return net, losses
+
+
+def _blurred_difference(batch):
+    # A stand-in for PNI's map: how far each pixel is from the (uniform grey) training images, blurred.
+    difference = (batch - 0.5).abs().mean(1, keepdim=True)
+    return torch.nn.functional.avg_pool2d(difference, 9, 1, 4)
+
+
+def test_training_learns_the_labels_and_is_seeded():
+    torch.manual_seed(0)
+    images = (127 + 40 * torch.rand(8, 3, 48, 48)).to(torch.uint8)
+    images[4:] = 255 - images[4:]  # two kinds of image, so that pasted content differs from the clean one
+    net, losses = _train(images, _blurred_difference, seed=0)
+    assert not net.training and float(net.scale) > 0
+    assert losses[-1] < losses[0]
+    _, again = _train(images, _blurred_difference, seed=0)
+    assert again == losses
+
+
+def test_training_needs_two_images():
+    from anomalib_ext.models.pni.refinement import train_refinement
+
+    with pytest.raises(ValueError, match="at least 2 training images"):
+        train_refinement(_network(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8), _blurred_difference)
