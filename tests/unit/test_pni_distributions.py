@@ -50,12 +50,38 @@ def test_position_histogram_counts_each_window_and_normalises():
 
 def test_mlp_probabilities_sum_to_one_and_the_temperature_flattens_them():
     torch.manual_seed(0)
-    mlp = NeighbourhoodMLP(in_features=16, num_classes=5, depth=3, width=8, temperature=1.0).eval()
-    neighbours = torch.randn(2, 16, 3, 4)
-    sharp = mlp.probabilities(neighbours)
+    mlp = NeighbourhoodMLP(2, num_classes=5, depth=3, width=8, temperature=1.0, size=3).eval()
+    features = torch.randn(2, 2, 3, 4)
+    sharp = mlp.probabilities(features)
     assert sharp.shape == (2, 5, 3, 4) and torch.allclose(sharp.sum(1), torch.ones(2, 3, 4))
     mlp.temperature = 4.0
-    assert mlp.probabilities(neighbours).amax(1).mean() < sharp.amax(1).mean()
+    assert mlp.probabilities(features).amax(1).mean() < sharp.amax(1).mean()
+
+
+@pytest.mark.parametrize(("depth", "projection"), [(1, None), (3, None), (3, 2)])
+def test_the_map_form_of_the_mlp_is_the_mlp_on_every_concatenated_neighbourhood(depth, projection):
+    """probabilities() runs the first layer as a p x p convolution; it must equal the MLP on unfolded places."""
+    torch.manual_seed(0)
+    mlp = NeighbourhoodMLP(3, num_classes=4, depth=depth, width=6, size=5, projection=projection)
+    mlp.train()
+    mlp(torch.randn(32, (projection or 3) * 24))  # give BatchNorm non-trivial running statistics
+    mlp.eval()
+    features = torch.randn(2, 3, 6, 7)
+    with torch.no_grad():
+        neighbours = neighbourhood_features(mlp.projected(features), 5)
+        per_place = mlp(neighbours.permute(0, 2, 3, 1).reshape(-1, neighbours.shape[1]))
+        expected = torch.softmax(per_place / mlp.temperature, 1).reshape(2, 6, 7, 4).permute(0, 3, 1, 2)
+        assert torch.allclose(mlp.probabilities(features), expected, atol=1e-5)
+
+
+def test_gathered_neighbourhoods_match_the_unfolded_ones():
+    from anomalib_ext.models.pni.distributions import gather_neighbourhoods
+
+    features = torch.randn(3, 2, 5, 6)
+    unfolded = neighbourhood_features(features, 3)  # (3, 16, 5, 6)
+    images, rows, cols = torch.tensor([0, 2, 1, 2]), torch.tensor([0, 4, 2, 1]), torch.tensor([0, 5, 3, 0])
+    gathered = gather_neighbourhoods(features, images, rows, cols, 3)
+    assert torch.equal(gathered, unfolded[images, :, rows, cols])
 
 
 def _score(tau=None):
@@ -97,8 +123,10 @@ def test_the_mlp_learns_a_centre_its_neighbours_tell():
     features = coreset[kinds][:, :, None, None].expand(16, 2, 6, 6) + 0.05 * torch.randn(16, 2, 6, 6)
     targets = nearest_indices(features, coreset)
     assert torch.equal(targets, kinds[:, None, None].expand(16, 6, 6))
-    mlp = NeighbourhoodMLP(8 * 2, 2, depth=2, width=16)
-    losses = train_neighbourhood_mlp(mlp, features, targets, size=3, epochs=6, batch_size=64, progress=False)
-    assert losses[-1] < 0.5 * losses[0]
-    predicted = mlp.probabilities(neighbourhood_features(features, 3)).argmax(1)
-    assert (predicted == targets).float().mean() > 0.95
+    for projection in (None, 1):  # also through a 1-d projection (x - y tells the kinds apart)
+        mlp = NeighbourhoodMLP(2, 2, depth=2, width=16, size=3, projection=projection)
+        losses = train_neighbourhood_mlp(mlp, features, targets, epochs=6, batch_size=64, progress=False)
+        assert losses[-1] < 0.6 * losses[0]
+        with torch.no_grad():
+            predicted = mlp.probabilities(features).argmax(1)
+        assert (predicted == targets).float().mean() > 0.95

@@ -63,11 +63,25 @@ def test_network_sees_the_map_and_keeps_the_map_units():
         assert torch.equal(_network(ratio=0.0)(images, coarse), coarse)
 
 
+def test_network_at_half_resolution_returns_a_full_size_map():
+    net = _network(scale=0.5)
+    images, coarse = torch.rand(1, 3, 64, 48), torch.rand(1, 1, 64, 48)
+    with torch.no_grad():
+        refined = net.refine(images, coarse)
+        traced = torch.jit.trace(net, (images, coarse), check_trace=False)
+        assert torch.allclose(
+            traced(images.expand(3, -1, -1, -1), coarse.expand(3, -1, -1, -1))[:1], net(images, coarse)
+        )
+    assert refined.shape == (1, 1, 64, 48) and 0 <= refined.min() and refined.max() <= 1
+
+
 def test_network_rejects_bad_settings():
     from anomalib_ext.models.pni.refinement import RefinementNet
 
     with pytest.raises(ValueError, match="ratio"):
         RefinementNet("tf_efficientnet_lite0", pre_trained=False, ratio=1.5)
+    with pytest.raises(ValueError, match="scale"):
+        RefinementNet("tf_efficientnet_lite0", pre_trained=False, scale=0.0)
     with pytest.raises(ValueError, match="decoder_channels"):
         RefinementNet("tf_efficientnet_lite0", pre_trained=False, decoder_channels=(8, 8))
     with pytest.raises(ValueError, match="EfficientNet"):

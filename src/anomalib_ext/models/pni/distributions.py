@@ -46,45 +46,106 @@ def neighbourhood_features(features: torch.Tensor, size: int) -> torch.Tensor:
 class NeighbourhoodMLP(nn.Module):
     """p(c | N_p(x)): an MLP from the concatenated neighbour features to logits over C_dist.
 
+    The first layer reads the (p^2 - 1) neighbours' features concatenated; that is a p x p convolution
+    whose centre weight is zero, and every later layer is a 1 x 1 convolution. :meth:`probabilities`
+    evaluates the whole map that way (a fast, traceable graph: no unfolded copy of every neighbourhood),
+    :meth:`forward` takes the concatenated neighbourhoods of single places (training batches).
+
     Args:
-        in_features: (p^2 - 1) x D, sized from the feature dimension (the official code hard-codes it).
+        channels: D, the feature dimension (the first layer is sized from it; the official code hard-codes it).
         num_classes: |C_dist|.
         depth: linear layers in all (paper 10); BN + ReLU between them.
         width: hidden units (paper 2048).
         temperature: softmax temperature of :meth:`probabilities` (paper 2: less over-confident).
+        size: p, the neighbourhood (paper 9).
+        projection: if set, each neighbour's D features are first mapped to this many by one learnt linear
+            map shared by all places (a low-rank first layer; not in the paper, which has none): the first
+            layer's cost falls by D / projection. None: the paper's full first layer.
     """
 
     def __init__(
         self,
-        in_features: int,
+        channels: int,
         num_classes: int,
         depth: int = 10,
         width: int = 2048,
         temperature: float = 2.0,
+        *,
+        size: int = 9,
+        projection: int | None = None,
     ) -> None:
         super().__init__()
         if depth < 1:
             msg = f"The MLP needs at least one layer, got depth={depth}."
             raise ValueError(msg)
+        if size < 3 or size % 2 == 0:
+            msg = f"The neighbourhood size must be odd and >= 3, got {size}."
+            raise ValueError(msg)
+        self.size = size
+        self.project = nn.Conv2d(channels, projection, 1) if projection else None
         layers: list[nn.Module] = []
-        size = in_features
+        features = (projection or channels) * (size * size - 1)
         for _ in range(depth - 1):
-            layers += [nn.Linear(size, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
-            size = width
-        layers.append(nn.Linear(size, num_classes))
+            layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
+            features = width
+        layers.append(nn.Linear(features, num_classes))
         self.net = nn.Sequential(*layers)
         self.temperature = temperature
 
+    def projected(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) -> (B, C, h, w): the per-place features the neighbourhoods are made of."""
+        return features if self.project is None else self.project(features)
+
     def forward(self, neighbours: torch.Tensor) -> torch.Tensor:
-        """(N, in_features) -> (N, |C_dist|) logits (train with cross-entropy on these)."""
+        """(N, C x (p^2 - 1)) concatenated neighbourhoods (channel-major) -> (N, |C_dist|) logits."""
         return self.net(neighbours)
 
-    def probabilities(self, neighbours: torch.Tensor) -> torch.Tensor:
-        """(B, in_features, h, w) neighbourhoods -> (B, |C_dist|, h, w) softmax(logits / T)."""
-        b, c, h, w = neighbours.shape
-        logits = self.net(neighbours.permute(0, 2, 3, 1).reshape(-1, c))
-        probabilities = torch.softmax(logits / self.temperature, dim=1)
-        return probabilities.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+    def _first_layer_kernel(self) -> torch.Tensor:
+        """The first linear layer as a p x p convolution kernel with a zero centre."""
+        first = self.net[0]
+        half = (self.size * self.size) // 2
+        weight = first.weight.reshape(first.out_features, -1, self.size * self.size - 1)
+        centre = weight.new_zeros(*weight.shape[:2], 1)
+        kernel = torch.cat([weight[..., :half], centre, weight[..., half:]], dim=2)
+        return kernel.reshape(*weight.shape[:2], self.size, self.size)
+
+    def logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) features -> (B, |C_dist|, h, w) logits of every place's neighbourhood (zero padded)."""
+        x = F.conv2d(self.projected(features), self._first_layer_kernel(), self.net[0].bias, padding=self.size // 2)
+        b, _, h, w = x.shape
+        x = x.flatten(2)  # (B, C, h*w): BatchNorm1d and 1 x 1 linear layers act on channels
+        for layer in self.net[1:]:  # a linear layer acts at every place: a 1 x 1 convolution
+            x = F.conv1d(x, layer.weight[..., None], layer.bias) if isinstance(layer, nn.Linear) else layer(x)
+        return x.reshape(b, -1, h, w)
+
+    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D, h, w) features -> (B, |C_dist|, h, w) softmax(logits / T) over C_dist."""
+        return torch.softmax(self.logits(features) / self.temperature, dim=1)
+
+
+def gather_neighbourhoods(
+    features: torch.Tensor, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int
+) -> torch.Tensor:
+    """The concatenated neighbourhoods of chosen places, as :func:`neighbourhood_features` lays them out.
+
+    Args:
+        features: (B, C, h, w) feature maps.
+        images: (N,) each place's image (index into ``features``).
+        rows: (N,) its row.
+        cols: (N,) its column.
+        size: p.
+
+    Returns:
+        (N, C x (p^2 - 1)): channel-major, neighbours in raster order without the centre, zeros off the map.
+    """
+    half = size // 2
+    padded = F.pad(features, (half, half, half, half))
+    offsets = torch.arange(-half, half + 1, device=features.device)
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    keep = (dy != 0) | (dx != 0)
+    dy, dx = dy[keep] + half, dx[keep] + half  # (p^2 - 1,) raster order, centre left out
+    gathered = padded[images[:, None], :, rows[:, None] + dy, cols[:, None] + dx]  # (N, p^2 - 1, C)
+    return gathered.transpose(1, 2).reshape(len(images), -1)
 
 
 def position_histogram(indices: torch.Tensor, num_classes: int, size: int) -> torch.Tensor:
@@ -152,7 +213,6 @@ def train_neighbourhood_mlp(
     features: torch.Tensor,
     targets: torch.Tensor,
     *,
-    size: int,
     epochs: int,
     batch_size: int = 2048,
     learning_rate: float = 1e-3,
@@ -163,21 +223,20 @@ def train_neighbourhood_mlp(
 ) -> list[float]:
     """Train p(c | N_p(x)) with cross-entropy: every training place's neighbours -> its nearest C_dist index.
 
-    The (neighbourhood, index) pairs are built on the fly, a few images at a time: all of them at once
-    would be N x h x w x (p^2 - 1) x D floats (GBs; the official code materialises them in float64).
+    The (neighbourhood, index) pairs are gathered on the fly, one batch of places at a time: all of them at
+    once would be N x h x w x (p^2 - 1) x D floats (GBs; the official code materialises them in float64).
     Places are shuffled within each chunk of ``images_per_chunk`` images, chunks in a new order every
     epoch. Adam, StepLR(``step_epochs``, 0.1) as in the paper. Returns the mean loss of every epoch.
 
     Args:
-        mlp: the model to train (left in eval mode).
+        mlp: the model to train (left in eval mode); its ``size`` is the neighbourhood p.
         features: (N, D, h, w) training features.
         targets: (N, h, w) nearest C_dist index of each place (:func:`nearest_indices`).
-        size: neighbourhood size p.
         epochs: passes over every training place (paper 15).
         batch_size: places per optimiser step (paper 2048).
         learning_rate: Adam's (paper 1e-3).
         step_epochs: the learning rate drops tenfold every this many epochs (paper 5).
-        images_per_chunk: images whose pairs are built and shuffled together.
+        images_per_chunk: images whose places are shuffled together.
         seed: seeds the order of images and places.
         progress: show a progress bar over epochs.
     """
@@ -186,20 +245,22 @@ def train_neighbourhood_mlp(
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(mlp.parameters(), lr=learning_rate)
     schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_epochs, gamma=0.1)
+    _, _, h, w = features.shape
     losses = []
     mlp.train()
     for _ in tqdm(range(epochs), desc="PNI neighbourhood MLP", disable=not progress, leave=False):
         total, count = 0.0, 0
         order = torch.randperm(len(features), generator=generator)
         for chunk in order.split(images_per_chunk):
-            neighbours = neighbourhood_features(features[chunk.to(features.device)], size)
-            inputs = neighbours.permute(0, 2, 3, 1).reshape(-1, neighbours.shape[1])
-            labels = targets[chunk.to(targets.device)].reshape(-1)
-            shuffle = torch.randperm(len(inputs), generator=generator).to(inputs.device)
-            for batch in shuffle.split(batch_size):
+            chunk_features, chunk_targets = features[chunk.to(features.device)], targets[chunk.to(targets.device)]
+            places = torch.randperm(len(chunk) * h * w, generator=generator).to(features.device)
+            for batch in places.split(batch_size):
                 if len(batch) < 2:  # BatchNorm needs two samples
                     continue
-                loss = F.cross_entropy(mlp(inputs[batch]), labels[batch])
+                images, rows, cols = batch // (h * w), (batch // w) % h, batch % w
+                # The projection (if any) is learnt: project inside the step so that its gradient flows.
+                inputs = gather_neighbourhoods(mlp.projected(chunk_features), images, rows, cols, mlp.size)
+                loss = F.cross_entropy(mlp(inputs), chunk_targets[images, rows, cols])
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()

@@ -36,11 +36,13 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         neighbourhood_size: p (paper 9).
         use_neighbourhood, use_position: the two distributions (the paper's ablation).
         mlp_depth, mlp_width, mlp_epochs, mlp_batch_size, temperature: the neighbourhood MLP.
+        mlp_projection: per-neighbour projection of the features before the MLP (None: the paper's full layer).
         tau: threshold on p(c | Omega); None = the paper's 1 / (2 |C_dist|).
         blur_sigma: Gaussian smoothing of the map (paper 8).
         refine: the pixel-wise refinement network (paper Sec. 3.3); ``False`` switches it off.
-        refine_backbone, refine_backbone_weights, refine_ratio, refine_epochs, refine_batch_size: its encoder,
-            the share of the refined map (paper 0.1), epochs (paper 3) and batch size (paper 8).
+        refine_backbone, refine_backbone_weights, refine_ratio, refine_scale, refine_epochs, refine_batch_size:
+            its encoder, the share of the refined map (paper 0.1), its resolution as a fraction of the
+            image's (paper 1.0), epochs (paper 3) and batch size (paper 8).
         seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
 
@@ -58,8 +60,9 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         use_neighbourhood: bool = True,
         use_position: bool = True,
         mlp_depth: int = 3,
-        mlp_width: int = 512,
-        mlp_epochs: int = 2,
+        mlp_width: int = 256,
+        mlp_projection: int | None = 32,
+        mlp_epochs: int = 5,
         mlp_batch_size: int = 2048,
         temperature: float = 2.0,
         tau: float | None = None,
@@ -68,6 +71,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refine_backbone: str = "tf_efficientnet_lite2",
         refine_backbone_weights: str | None = None,
         refine_ratio: float = 0.1,
+        refine_scale: float = 0.5,
         refine_epochs: int = 3,
         refine_batch_size: int = 8,
         seed: int = 0,
@@ -95,6 +99,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             use_position=use_position,
             mlp_depth=mlp_depth,
             mlp_width=mlp_width,
+            mlp_projection=mlp_projection,
             temperature=temperature,
             tau=tau,
             blur_sigma=blur_sigma,
@@ -102,6 +107,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             refine_backbone=refine_backbone,
             refine_backbone_weights=refine_backbone_weights,
             refine_ratio=refine_ratio,
+            refine_scale=refine_scale,
         )
         self.refine_epochs = refine_epochs
         self.refine_batch_size = refine_batch_size

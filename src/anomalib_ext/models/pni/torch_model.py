@@ -26,7 +26,6 @@ from anomalib_ext.models.pni.distributions import (
     NeighbourhoodMLP,
     PNIScore,
     nearest_indices,
-    neighbourhood_features,
     position_histogram,
     train_neighbourhood_mlp,
 )
@@ -47,12 +46,15 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         use_neighbourhood / use_position: the two distributions (the ablation); with neither, every C_dist
             element is allowed and the score is the distance to the nearest c*_emb.
         mlp_depth, mlp_width, temperature: the neighbourhood MLP (paper 10 x 2048, T = 2).
+        mlp_projection: per-neighbour projection of the D features before the MLP's first layer (not in
+            the paper; see :class:`NeighbourhoodMLP`); None: the paper's full first layer.
         tau: threshold on p(c | Omega) (None: the paper's 1 / (2 |C_dist|)).
         blur_sigma: Gaussian smoothing of the full-resolution map (paper 8).
         refine: the pixel-wise refinement network (paper Sec. 3.3); False leaves the map as the score gives it.
         refine_backbone, refine_backbone_weights: its encoder (offline lite2 in place of the paper's
             DenseNet-161) and, optionally, a weights file for it.
         refine_ratio: the share of the refined map in the final one (paper 0.1).
+        refine_scale: the refinement network's resolution as a fraction of the image's (paper 1.0).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         use_position: bool = True,
         mlp_depth: int = 10,
         mlp_width: int = 2048,
+        mlp_projection: int | None = None,
         temperature: float = 2.0,
         tau: float | None = None,
         blur_sigma: float = 8.0,
@@ -77,6 +80,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         refine_backbone: str = "tf_efficientnet_lite2",
         refine_backbone_weights: str | None = None,
         refine_ratio: float = 0.1,
+        refine_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.embedding = PatchEmbedding(
@@ -88,6 +92,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         self.use_neighbourhood = use_neighbourhood
         self.use_position = use_position
         self.mlp_depth, self.mlp_width, self.temperature = mlp_depth, mlp_width, temperature
+        self.mlp_projection = mlp_projection
         self.mlp: NeighbourhoodMLP | None = None  # sized at fit time from D and |C_dist|
         self.score = PNIScore(tau)
         self.blur = SeparableGaussianBlur(blur_sigma)
@@ -95,7 +100,11 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         self.refiner = None
         if refine:
             self.refiner = RefinementNet(
-                refine_backbone, pre_trained=pre_trained, backbone_weights=refine_backbone_weights, ratio=refine_ratio
+                refine_backbone,
+                pre_trained=pre_trained,
+                backbone_weights=refine_backbone_weights,
+                ratio=refine_ratio,
+                scale=refine_scale,
             )
 
     def fit(self, features: torch.Tensor, *, epochs: int, batch_size: int = 2048, seed: int = 0) -> None:
@@ -117,14 +126,20 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         # must be built and trained outside it, on tensors that are not inference tensors.
         with torch.inference_mode(mode=False), torch.enable_grad():
             torch.manual_seed(seed)  # the MLP's initial weights
-            in_features = d * (self.neighbourhood_size**2 - 1)
-            self.mlp = NeighbourhoodMLP(in_features, k, self.mlp_depth, self.mlp_width, self.temperature)
+            self.mlp = NeighbourhoodMLP(
+                d,
+                k,
+                self.mlp_depth,
+                self.mlp_width,
+                self.temperature,
+                size=self.neighbourhood_size,
+                projection=self.mlp_projection,
+            )
             self.mlp.to(features.device)
             losses = train_neighbourhood_mlp(
                 self.mlp,
                 features.clone(),
                 targets.clone(),
-                size=self.neighbourhood_size,
                 epochs=epochs,
                 batch_size=batch_size,
                 seed=seed,
@@ -140,7 +155,18 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         )
         if linear:
             width = linear[0][1][0] if len(linear) > 1 else self.mlp_width
-            self.mlp = NeighbourhoodMLP(linear[0][1][1], linear[-1][1][0], len(linear), width, self.temperature)
+            project = state_dict.get(prefix + "mlp.project.weight")  # (projection, D, 1, 1) when there is one
+            neighbours = self.neighbourhood_size**2 - 1
+            channels = project.shape[1] if project is not None else linear[0][1][1] // neighbours
+            self.mlp = NeighbourhoodMLP(
+                channels,
+                linear[-1][1][0],
+                len(linear),
+                width,
+                self.temperature,
+                size=self.neighbourhood_size,
+                projection=None if project is None else project.shape[0],
+            )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def distributions(self, features: torch.Tensor) -> torch.Tensor:
@@ -149,7 +175,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         k = self.score.targets.shape[0]
         parts = []
         if self.mlp is not None:
-            parts.append(self.mlp.probabilities(neighbourhood_features(features, self.neighbourhood_size)))
+            parts.append(self.mlp.probabilities(features))
         if self.position.numel():
             parts.append(self.position[None].expand(b, k, h, w))
         if not parts:
