@@ -72,7 +72,7 @@ def test_network_at_half_resolution_returns_a_full_size_map():
         assert torch.allclose(
             traced(images.expand(3, -1, -1, -1), coarse.expand(3, -1, -1, -1))[:1], net(images, coarse)
         )
-    assert refined.shape == (1, 1, 64, 48) and 0 <= refined.min() and refined.max() <= 1
+    assert refined.shape == (1, 1, 64, 48) and refined.min() >= 0 and refined.max() <= 1
 
 
 def test_network_rejects_bad_settings():
