@@ -29,6 +29,16 @@ def test_fast_greedy_equals_brute_force_greedy():
     assert ours.tolist() == _brute_force_greedy(x, 60, int(ours[0]))
 
 
+def test_a_projected_coreset_depends_on_its_seed_only():
+    x = torch.randn(300, 200)  # 200 dims > the projection's ~140 for 300 points: the projection is used
+    torch.manual_seed(1)
+    first = greedy_coreset_indices(x, coreset_size=20, seed=5, progress=False)
+    torch.manual_seed(2)  # another global RNG state
+    again = greedy_coreset_indices(x, coreset_size=20, seed=5, progress=False)
+    other = greedy_coreset_indices(x, coreset_size=20, seed=6, progress=False)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
 def test_coreset_covers_better_than_random():
     torch.manual_seed(0)
     x = torch.randn(4000, 4) * torch.rand(4000, 1) * 4  # low-dim: coverage differences are large

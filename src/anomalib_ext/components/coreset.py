@@ -26,7 +26,12 @@ def project_for_coreset(features: torch.Tensor, eps: float = 0.9, seed: int | No
     if johnson_lindenstrauss_min_dim(features.shape[0], eps=eps) >= features.shape[1]:
         return features
     projection = SparseRandomProjection(eps=eps, random_state=seed)
-    projection.fit(features)
+    # Anomalib's projection draws its signs and row sizes from torch's global RNG (random_state seeds only
+    # sklearn's column choice): draw them from `seed` instead, so the coreset depends on the seed alone.
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        projection.fit(features)
     return projection.transform(features)
 
 
