@@ -29,6 +29,16 @@ def test_grid_expands_sizes_seeds_and_per_dataset_settings():
     assert jobs[0]["stages"] == ["fit", "test"] and "sizes" not in jobs[0]["data"]
 
 
+def test_a_model_can_be_limited_to_some_datasets():
+    config = {
+        "models": {"a": {"class_path": "x.A"}, "aligned": {"class_path": "x.B", "datasets": ["sgpd"]}},
+        "datasets": {"sgpd": {"class_path": "x.D"}, "tire": {"class_path": "x.D"}},
+    }
+    jobs = expand(config)
+    assert [j["name"] for j in jobs] == ["a__sgpd__256", "aligned__sgpd__256", "a__tire__256"]
+    assert jobs[1]["model"] == {"class_path": "x.B"}  # the key is the grid's, not the model's
+
+
 def test_specs_resolve_configs_with_overrides_and_refuse_without_a_class():
     spec = resolve_spec({"config": "configs/models/patchcore_lite2.yaml", "init_args": {"coreset_sampling_ratio": 0.1}})
     assert spec["class_path"] == "anomalib.models.Patchcore"
@@ -90,7 +100,7 @@ def test_every_shipped_grid_and_model_config_resolves():
             *({k: v for k, v in d.items() if k != "sizes"} for d in grid["datasets"].values()),
         ]
     for spec in specs:
-        resolved = resolve_spec({k: v for k, v in spec.items() if k not in {"skip_if_missing", "subsets"}})
+        resolved = resolve_spec({k: v for k, v in spec.items() if k not in {"skip_if_missing", "subsets", "datasets"}})
         signature = inspect.signature(import_class(resolved["class_path"]))
         signature.bind_partial(**resolved["init_args"])  # TypeError on an argument the class does not take
 

@@ -108,3 +108,46 @@ def test_a_fitted_state_dict_loads_into_a_fresh_model(training):
     fresh.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert torch.allclose(fresh(training[:2]).pred_score, model(training[:2]).pred_score)
+
+
+def _lightning_pni():
+    from anomalib_ext.models import PNI
+
+    return PNI(
+        "tf_efficientnet_lite0",
+        pre_trained=False,
+        distribution_size=8,
+        neighbourhood_size=3,
+        refine_backbone="tf_efficientnet_lite0",
+        evaluator=False,
+        visualizer=False,
+    )
+
+
+def test_one_training_image_is_refused_before_fitting():
+    from anomalib.data import ImageBatch
+
+    model = _lightning_pni()
+    model.training_step(ImageBatch(image=torch.rand(1, 3, 32, 32)))
+    with pytest.raises(ValueError, match="at least 2 normal training images, got 1"):
+        model.fit()
+
+
+def test_switching_a_part_off_after_fitting_equals_fitting_without_it(training):
+    """tools/pni_ablation.py scores every ablation variant from one fit; that relies on this."""
+
+    def fitted(**kwargs):
+        torch.manual_seed(1)  # the same random backbone for every model (with ImageNet weights it is given)
+        return _fitted(training, **kwargs)
+
+    full = fitted(refine=True)
+    without_position = fitted(use_position=False)
+    without_mlp = fitted(use_neighbourhood=False)
+    without_refine = fitted()
+    with torch.no_grad():
+        assert torch.equal(full.coarse_map(training), without_refine.coarse_map(training))
+        position = full.position
+        full.position = torch.empty(0)
+        assert torch.equal(full.coarse_map(training), without_position.coarse_map(training))
+        full.position, full.mlp = position, None
+        assert torch.equal(full.coarse_map(training), without_mlp.coarse_map(training))

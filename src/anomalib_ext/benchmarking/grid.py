@@ -1,7 +1,8 @@
 """A benchmark grid: models x datasets x sizes x seeds from a YAML file -> jobs, then CSV, markdown and plots.
 
 Grid keys: ``models`` and ``datasets`` (name -> spec, see :mod:`anomalib_ext.benchmarking.build`; a
-dataset may say ``skip_if_missing: PATH`` and give its own ``sizes`` and ``subsets``), ``sizes``
+dataset may say ``skip_if_missing: PATH`` and give its own ``sizes`` and ``subsets``; a model may list
+the ``datasets`` it runs on, e.g. an aligned model on the garment sets only), ``sizes``
 ([256]), ``seeds`` ([0]; or ``seed``), ``stages`` (all of :data:`~anomalib_ext.benchmarking.jobs.STAGES`),
 ``subsets`` (name -> datamodule overrides tested after the full test set), ``repeats`` (20),
 ``int8_subset_size`` (300).
@@ -27,7 +28,10 @@ def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         spec = {k: v for k, v in data.items() if k not in {"skip_if_missing", "sizes", "subsets"}}
         for size in data.get("sizes", config.get("sizes", [256])):
-            for model_name, model in config["models"].items():
+            for model_name, model_entry in config["models"].items():
+                if "datasets" in model_entry and data_name not in model_entry["datasets"]:
+                    continue
+                model = {k: v for k, v in model_entry.items() if k != "datasets"}
                 for seed in seeds:
                     suffix = f"__s{seed}" if len(seeds) > 1 else ""
                     jobs.append({

@@ -131,7 +131,10 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         """Coresets, position histogram, neighbourhood MLP, refinement (seeded; global RNGs left as they were)."""
         features = torch.cat(self._features) if self._features else torch.empty(0)
         if len(features) < 2:
-            msg = f"PNI needs at least 2 normal training images, got {len(features)}."
+            msg = (
+                f"PNI needs at least 2 normal training images, got {len(features)}: add normal images to the "
+                "training folder (the refinement pastes one training image into another)."
+            )
             raise ValueError(msg)
         with isolate_rng():  # the model seeds what it draws (coresets, MLP weights, sample order) from `seed`
             self.model.fit(

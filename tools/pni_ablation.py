@@ -1,0 +1,164 @@
+r"""PNI's ablation (paper Table 2, and tau) from fitted checkpoints: every variant scored from one fit.
+
+PNI's parts are fitted one after the other from the same seed, and none depends on another: the
+coresets, the position histogram and the MLP do not change when a later part is switched off, and the
+refinement is trained last on the finished coarse map. So a checkpoint of the full model holds every
+variant of the ablation (tested: ``tests/unit/test_pni_model.py``), and this tool scores them all on
+a category's test split without refitting:
+
+- ``neither``: no distribution (every C_dist element allowed: the nearest c*_emb);
+- ``position`` / ``neighbourhood``: one of the two distributions; ``both``: the paper's PNI w/o refine;
+- ``both+refine``: the final map (what the model outputs); ``both+refine/coarse-image``: the final map for
+  pixels, the image score from the map before refinement;
+- ``tau=x``: both + refinement with tau = x times the paper's 1 / (2 |C_dist|).
+
+For each: image AUROC (image score = map max), pixel AUROC, AUPRO (FPR 0.3), pixel AP, computed as
+anomalib's evaluator computes them (the ``both+refine`` row reproduces the benchmark job's numbers); and,
+for the refinement, how much it adds to the maximum of normal and of anomalous images. It reads the test
+split: an ablation reports, it chooses nothing.
+
+    python tools/pni_ablation.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt --category tire \
+        --out docs/results/issue13/ablation/tire_s0.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def _unit(scores: torch.Tensor) -> torch.Tensor:
+    # torchmetrics squashes scores outside [0, 1] with a sigmoid (every PNI score would become 1.0): rescale
+    # to [0, 1] first, which keeps their order.
+    return (scores - scores.min()) / (scores.max() - scores.min()).clamp_min(1e-12)
+
+
+def auroc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(_unit(scores), labels.int()))
+
+
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    from torchmetrics.functional.classification import binary_average_precision
+
+    return float(binary_average_precision(_unit(scores), labels.int()))
+
+
+def mask_at(path: str, size: tuple[int, int]) -> torch.Tensor:
+    """(1, H, W) float mask at ``size`` (nearest neighbour, as the datamodule resizes masks); zeros if none."""
+    from anomalib_ext.data.mvtec_like import read_binary_mask
+
+    if not isinstance(path, str) or not path:
+        return torch.zeros(1, *size)
+    mask = torch.from_numpy(read_binary_mask(path)).float()[None, None]
+    return torch.nn.functional.interpolate(mask, size=size, mode="nearest")[0]
+
+
+def aupro(maps: torch.Tensor, masks: torch.Tensor) -> float:
+    """Anomalib's AUPRO (FPR limit 0.3, the benchmark's) of (N, 1, H, W) maps and masks."""
+    from anomalib.metrics.aupro import _AUPRO
+
+    metric = _AUPRO(fpr_limit=0.3)
+    metric.update(_unit(maps)[:, 0], masks[:, 0].int())  # (N, H, W), as anomalib gives it
+    return float(metric.compute())
+
+
+def load(ckpt: str) -> torch.nn.Module:
+    """The PNIModel of a checkpoint; only the network's tensors (the evaluator's state depends on its metrics)."""
+    from anomalib_ext.models import PNI
+
+    model = PNI.load_from_checkpoint(ckpt, map_location="cpu", strict=False).eval()
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    model.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
+    return model.model
+
+
+def metrics(maps: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
+    """The benchmark's four quality numbers (pixel ones only where the set has masks)."""
+    pixels = bool(mask.any())
+    return {
+        "image_AUROC": auroc(image, labels),
+        "pixel_AUROC": auroc(maps.flatten(), mask.flatten()) if pixels else None,
+        "pixel_AUPRO": aupro(maps, mask) if pixels else None,
+        "pixel_AP": average_precision(maps.flatten(), mask.flatten()) if pixels else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--root", default="../shared/data")
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--taus", type=float, nargs="*", default=[0.5, 2.0, 4.0], help="multiples of the paper's tau")
+    parser.add_argument("--out", help="write the rows as JSON here")
+    args = parser.parse_args()
+
+    from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_resized
+
+    model = load(args.ckpt)
+    samples = make_mvtec_like_samples(Path(args.root) / args.category, args.category)
+    test = samples[samples.split == "test"].reset_index(drop=True)
+    size = (args.size, args.size)
+    images = torch.cat([read_resized(p, size) for p in test.image_path])
+    mask = torch.stack([mask_at(m, size) for m in test.mask_path]) > 0.5
+    labels = torch.tensor((test.label_index == 1).to_numpy())
+    mlp, position, paper_tau = model.mlp, model.position, model.score.threshold
+
+    def coarse_maps(use_mlp: bool, use_position: bool, tau: float | None = None) -> torch.Tensor:
+        model.mlp = mlp if use_mlp else None
+        model.position = position if use_position else torch.empty(0)
+        model.score.tau = tau
+        try:
+            with torch.no_grad():
+                return torch.cat([model.coarse_map(chunk) for chunk in images.split(8)])
+        finally:
+            model.mlp, model.position, model.score.tau = mlp, position, None
+
+    def refined(coarse: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([model.refiner(i, c) for i, c in zip(images.split(8), coarse.split(8), strict=True)])
+
+    rows: dict[str, dict] = {}
+    for name, use_mlp, use_position in (
+        ("neither", False, False),
+        ("position", False, True),
+        ("neighbourhood", True, False),
+        ("both", True, True),
+    ):
+        maps = coarse_maps(use_mlp, use_position)
+        rows[name] = metrics(maps, maps.flatten(1).amax(1), labels, mask)
+    coarse = maps  # "both"
+    if model.refiner is not None:
+        final = refined(coarse)
+        rows["both+refine"] = metrics(final, final.flatten(1).amax(1), labels, mask)
+        rows["both+refine/coarse-image"] = metrics(final, coarse.flatten(1).amax(1), labels, mask)
+        added = final.flatten(1).amax(1) - coarse.flatten(1).amax(1)
+        rows["both+refine"]["max_added_normal"] = float(added[~labels].mean())
+        rows["both+refine"]["max_added_anomalous"] = float(added[labels].mean())
+    for multiple in args.taus:
+        maps = coarse_maps(use_mlp=True, use_position=True, tau=multiple * paper_tau)
+        if model.refiner is not None:
+            maps = refined(maps)
+        rows[f"tau={multiple:g}"] = metrics(maps, maps.flatten(1).amax(1), labels, mask)
+    report = {
+        "ckpt": args.ckpt,
+        "category": args.category,
+        "images": len(test),
+        "paper_tau": paper_tau,
+        "refiner_scale": float(model.refiner.scale) if model.refiner is not None else None,
+        "variants": rows,
+    }
+    text = json.dumps(report, indent=1)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
