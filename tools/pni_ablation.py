@@ -13,9 +13,11 @@ a category's test split without refitting:
 - ``tau=x``: both + refinement with tau = x times the paper's 1 / (2 |C_dist|).
 
 For each: image AUROC (image score = map max), pixel AUROC, AUPRO (FPR 0.3), pixel AP, computed as
-anomalib's evaluator computes them (the ``both+refine`` row reproduces the benchmark job's numbers); and,
-for the refinement, how much it adds to the maximum of normal and of anomalous images. It reads the test
-split: an ablation reports, it chooses nothing.
+anomalib's evaluator computes them (the ``both+refine`` row reproduces the benchmark job's numbers); for
+the distributions, how selective they are on the test images (the share of C_dist allowed at a place,
+and how often the nearest c*_emb is allowed: at 1.0 the variant scores exactly like ``neither``); for the
+refinement, how much it adds to the maximum of normal and of anomalous images. It reads the test
+split: an ablation reports, it chooses nothing. ``--summary FILES`` prints mean ± std over the seeds.
 
     python tools/pni_ablation.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt --category tire \
         --out docs/results/issue13/ablation/tire_s0.json
@@ -88,15 +90,44 @@ def metrics(maps: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, mask:
     }
 
 
+def summarise(paths: list[str]) -> str:
+    """Mean ± std over seeds of every (category, variant) in the given JSON files, as a markdown table."""
+    import pandas as pd
+
+    rows = []
+    for path in paths:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        for variant, values in report["variants"].items():
+            rows.append({"dataset": report["category"], "variant": variant, **values})
+    frame = pd.DataFrame(rows)
+    wanted = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AP", "allowed_share", "nearest_allowed")
+    columns = [c for c in wanted if c in frame.columns]
+    grouped = frame.groupby(["dataset", "variant"], sort=False)[columns]
+    mean, std, count = grouped.mean(), grouped.std(), grouped.size()
+    lines = ["| dataset | variant | seeds | " + " | ".join(columns) + " |", "|:--|:--|--:|" + "--:|" * len(columns)]
+    for key in mean.index:
+        cells = [
+            "-" if pd.isna(mean.loc[key, c]) else f"{mean.loc[key, c]:.3f} ± {std.loc[key, c]:.3f}" for c in columns
+        ]
+        lines.append(f"| {key[0]} | {key[1]} | {count.loc[key]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--summary", nargs="+", metavar="JSON", help="only print the mean ± std table of these reports")
+    parser.add_argument("--ckpt")
     parser.add_argument("--root", default="../shared/data")
-    parser.add_argument("--category", required=True)
+    parser.add_argument("--category")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--taus", type=float, nargs="*", default=[0.5, 2.0, 4.0], help="multiples of the paper's tau")
     parser.add_argument("--out", help="write the rows as JSON here")
     args = parser.parse_args()
+    if args.summary:
+        print(summarise(args.summary))
+        return
+    if not args.ckpt or not args.category:
+        parser.error("--ckpt and --category are needed (or --summary)")
 
     from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_resized
 
@@ -119,6 +150,31 @@ def main() -> None:
         finally:
             model.mlp, model.position, model.score.tau = mlp, position, None
 
+    def allowed(use_mlp: bool, use_position: bool, tau: float | None = None) -> dict[str, float]:
+        """How selective p(c | Omega) is: the share of C_dist allowed at a place, how often the nearest is.
+
+        If the nearest c*_emb of all is always allowed, the variant scores exactly like ``neither``.
+        """
+        model.mlp = mlp if use_mlp else None
+        model.position = position if use_position else torch.empty(0)
+        share, nearest_allowed = [], []
+        try:
+            with torch.no_grad():
+                for chunk in images.split(8):
+                    features = model.embedding(chunk)
+                    p = model.distributions(features).permute(0, 2, 3, 1).reshape(-1, model.score.targets.shape[0])
+                    ok = (p > (tau or paper_tau)) | (p == p.amax(1, keepdim=True))
+                    queries = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+                    nearest = torch.cdist(queries, model.score.targets).argmin(1)
+                    share.append(ok.float().mean(1))
+                    nearest_allowed.append(ok.gather(1, nearest[:, None]).float()[:, 0])
+        finally:
+            model.mlp, model.position = mlp, position
+        return {
+            "allowed_share": float(torch.cat(share).mean()),
+            "nearest_allowed": float(torch.cat(nearest_allowed).mean()),
+        }
+
     def refined(coarse: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return torch.cat([model.refiner(i, c) for i, c in zip(images.split(8), coarse.split(8), strict=True)])
@@ -132,6 +188,8 @@ def main() -> None:
     ):
         maps = coarse_maps(use_mlp, use_position)
         rows[name] = metrics(maps, maps.flatten(1).amax(1), labels, mask)
+        if use_mlp or use_position:
+            rows[name] |= allowed(use_mlp, use_position)
     coarse = maps  # "both"
     if model.refiner is not None:
         final = refined(coarse)
@@ -145,6 +203,7 @@ def main() -> None:
         if model.refiner is not None:
             maps = refined(maps)
         rows[f"tau={multiple:g}"] = metrics(maps, maps.flatten(1).amax(1), labels, mask)
+        rows[f"tau={multiple:g}"] |= allowed(use_mlp=True, use_position=True, tau=multiple * paper_tau)
     report = {
         "ckpt": args.ckpt,
         "category": args.category,
