@@ -82,7 +82,15 @@ def test_refinement_blends_a_tenth_of_the_refined_map_into_the_map(training):
         out = model(training[:2])
     assert torch.allclose(out.anomaly_map, 0.9 * coarse + 0.1 * refined, atol=1e-5)
     assert not torch.allclose(out.anomaly_map, coarse)
+    assert torch.allclose(out.pred_score, out.anomaly_map.flatten(1).amax(1))
+    model.image_score = "coarse"  # the refinement reshapes the map only
+    with torch.no_grad():
+        coarse_scored = model(training[:2])
+    assert torch.allclose(coarse_scored.pred_score, coarse.flatten(1).amax(1))
+    assert torch.allclose(coarse_scored.anomaly_map, out.anomaly_map)
     assert _fitted(training).refiner is None
+    with pytest.raises(ValueError, match="image_score"):
+        _model(image_score="refined")
 
 
 @pytest.mark.parametrize("refine", [False, True])

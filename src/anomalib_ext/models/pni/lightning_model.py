@@ -43,6 +43,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refine_backbone, refine_backbone_weights, refine_ratio, refine_scale, refine_epochs, refine_batch_size:
             its encoder, the share of the refined map (paper 0.1), its resolution as a fraction of the
             image's (paper 1.0), epochs (paper 3) and batch size (paper 8).
+        image_score: ``final`` (the max of the refined map, the paper's) or ``coarse`` (before refinement).
         seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
 
@@ -72,6 +73,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refine_backbone_weights: str | None = None,
         refine_ratio: float = 0.1,
         refine_scale: float = 0.5,
+        image_score: str = "final",
         refine_epochs: int = 3,
         refine_batch_size: int = 8,
         seed: int = 0,
@@ -108,6 +110,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             refine_backbone_weights=refine_backbone_weights,
             refine_ratio=refine_ratio,
             refine_scale=refine_scale,
+            image_score=image_score,
         )
         self.refine_epochs = refine_epochs
         self.refine_batch_size = refine_batch_size

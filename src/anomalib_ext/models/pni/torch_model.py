@@ -55,6 +55,8 @@ class PNIModel(DynamicBufferMixin, nn.Module):
             DenseNet-161) and, optionally, a weights file for it.
         refine_ratio: the share of the refined map in the final one (paper 0.1).
         refine_scale: the refinement network's resolution as a fraction of the image's (paper 1.0).
+        image_score: the map whose maximum is the image score: ``final`` (after refinement; the paper's) or
+            ``coarse`` (before it: the refinement then reshapes the map only).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         refine_backbone_weights: str | None = None,
         refine_ratio: float = 0.1,
         refine_scale: float = 1.0,
+        image_score: str = "final",
     ) -> None:
         super().__init__()
         self.embedding = PatchEmbedding(
@@ -96,6 +99,10 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         self.mlp: NeighbourhoodMLP | None = None  # sized at fit time from D and |C_dist|
         self.score = PNIScore(tau)
         self.blur = SeparableGaussianBlur(blur_sigma)
+        if image_score not in {"final", "coarse"}:
+            msg = f"image_score must be 'final' or 'coarse', got {image_score!r}."
+            raise ValueError(msg)
+        self.image_score = image_score
         self.register_buffer("position", torch.empty(0))  # (|C_dist|, h, w) p(c | x)
         self.refiner = None
         if refine:
@@ -208,7 +215,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         if self.score.targets.numel() == 0:
             msg = "PNI is not fitted: train it before scoring."
             raise RuntimeError(msg)
-        anomaly_map = self.coarse_map(images)
-        if self.refiner is not None:
-            anomaly_map = self.refiner(images, anomaly_map)
-        return InferenceBatch(pred_score=anomaly_map.flatten(1).amax(1), anomaly_map=anomaly_map)
+        coarse = self.coarse_map(images)
+        anomaly_map = coarse if self.refiner is None else self.refiner(images, coarse)
+        scored = coarse if self.image_score == "coarse" else anomaly_map
+        return InferenceBatch(pred_score=scored.flatten(1).amax(1), anomaly_map=anomaly_map)
