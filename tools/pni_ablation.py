@@ -30,6 +30,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
 
 def _unit(scores: torch.Tensor) -> torch.Tensor:
@@ -140,40 +141,40 @@ def main() -> None:
     labels = torch.tensor((test.label_index == 1).to_numpy())
     mlp, position, paper_tau = model.mlp, model.position, model.score.threshold
 
-    def coarse_maps(use_mlp: bool, use_position: bool, tau: float | None = None) -> torch.Tensor:
-        model.mlp = mlp if use_mlp else None
-        model.position = position if use_position else torch.empty(0)
-        model.score.tau = tau
-        try:
-            with torch.no_grad():
-                return torch.cat([model.coarse_map(chunk) for chunk in images.split(8)])
-        finally:
-            model.mlp, model.position, model.score.tau = mlp, position, None
+    with torch.no_grad():  # the embedding and each place's nearest c*_emb are the same for every variant
+        features = [model.embedding(chunk) for chunk in images.split(8)]
+        nearest = [
+            torch.cdist(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets).argmin(1) for f in features
+        ]
 
-    def allowed(use_mlp: bool, use_position: bool, tau: float | None = None) -> dict[str, float]:
-        """How selective p(c | Omega) is: the share of C_dist allowed at a place, how often the nearest is.
+    def variant(use_mlp: bool, use_position: bool, tau: float | None = None) -> tuple[torch.Tensor, dict]:
+        """Coarse maps of a variant, and how selective its p(c | Omega) is.
 
-        If the nearest c*_emb of all is always allowed, the variant scores exactly like ``neither``.
+        The share of C_dist allowed at a place, and how often the nearest c*_emb of all is allowed (if
+        always, the variant scores exactly like ``neither``).
         """
         model.mlp = mlp if use_mlp else None
         model.position = position if use_position else torch.empty(0)
-        share, nearest_allowed = [], []
+        model.score.tau = tau
+        maps, share, nearest_allowed = [], [], []
         try:
             with torch.no_grad():
-                for chunk in images.split(8):
-                    features = model.embedding(chunk)
-                    p = model.distributions(features).permute(0, 2, 3, 1).reshape(-1, model.score.targets.shape[0])
-                    ok = (p > (tau or paper_tau)) | (p == p.amax(1, keepdim=True))
-                    queries = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
-                    nearest = torch.cdist(queries, model.score.targets).argmin(1)
+                for f, near in zip(features, nearest, strict=True):
+                    p = model.distributions(f)
+                    patch = model.score(f, p)
+                    size = images.shape[-2:]
+                    maps.append(model.blur(F.interpolate(patch, size=size, mode="bilinear", align_corners=False)))
+                    p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
+                    ok = (p > model.score.threshold) | (p == p.amax(1, keepdim=True))
                     share.append(ok.float().mean(1))
-                    nearest_allowed.append(ok.gather(1, nearest[:, None]).float()[:, 0])
+                    nearest_allowed.append(ok.gather(1, near[:, None]).float()[:, 0])
         finally:
-            model.mlp, model.position = mlp, position
-        return {
+            model.mlp, model.position, model.score.tau = mlp, position, None
+        stats = {
             "allowed_share": float(torch.cat(share).mean()),
             "nearest_allowed": float(torch.cat(nearest_allowed).mean()),
         }
+        return torch.cat(maps), stats if (use_mlp or use_position) else {}
 
     def refined(coarse: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -186,10 +187,8 @@ def main() -> None:
         ("neighbourhood", True, False),
         ("both", True, True),
     ):
-        maps = coarse_maps(use_mlp, use_position)
-        rows[name] = metrics(maps, maps.flatten(1).amax(1), labels, mask)
-        if use_mlp or use_position:
-            rows[name] |= allowed(use_mlp, use_position)
+        maps, stats = variant(use_mlp, use_position)
+        rows[name] = metrics(maps, maps.flatten(1).amax(1), labels, mask) | stats
     coarse = maps  # "both"
     if model.refiner is not None:
         final = refined(coarse)
@@ -199,11 +198,10 @@ def main() -> None:
         rows["both+refine"]["max_added_normal"] = float(added[~labels].mean())
         rows["both+refine"]["max_added_anomalous"] = float(added[labels].mean())
     for multiple in args.taus:
-        maps = coarse_maps(use_mlp=True, use_position=True, tau=multiple * paper_tau)
+        maps, stats = variant(use_mlp=True, use_position=True, tau=multiple * paper_tau)
         if model.refiner is not None:
             maps = refined(maps)
-        rows[f"tau={multiple:g}"] = metrics(maps, maps.flatten(1).amax(1), labels, mask)
-        rows[f"tau={multiple:g}"] |= allowed(use_mlp=True, use_position=True, tau=multiple * paper_tau)
+        rows[f"tau={multiple:g}"] = metrics(maps, maps.flatten(1).amax(1), labels, mask) | stats
     report = {
         "ckpt": args.ckpt,
         "category": args.category,
