@@ -71,13 +71,10 @@ def aupro(maps: torch.Tensor, masks: torch.Tensor) -> float:
 
 
 def load(ckpt: str) -> torch.nn.Module:
-    """The PNIModel of a checkpoint; only the network's tensors (the evaluator's state depends on its metrics)."""
-    from anomalib_ext.models import PNI
+    """The PNIModel of a checkpoint, loaded strictly through the deploy layer (tools never import models)."""
+    from anomalib_ext.deploy.checkpoint import load_model
 
-    model = PNI.load_from_checkpoint(ckpt, map_location="cpu", strict=False).eval()
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-    model.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")})
-    return model.model
+    return load_model("PNI", ckpt).eval().model
 
 
 def metrics(maps: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
