@@ -30,7 +30,6 @@ import json
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
 
 def _unit(scores: torch.Tensor) -> torch.Tensor:
@@ -127,6 +126,7 @@ def main() -> None:
     if not args.ckpt or not args.category:
         parser.error("--ckpt and --category are needed (or --summary)")
 
+    from anomalib_ext.components.memory_bank import torch_knn
     from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_resized
 
     model = load(args.ckpt)
@@ -140,8 +140,8 @@ def main() -> None:
 
     with torch.no_grad():  # the embedding and each place's nearest c*_emb are the same for every variant
         features = [model.embedding(chunk) for chunk in images.split(8)]
-        nearest = [
-            torch.cdist(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets).argmin(1) for f in features
+        nearest = [  # the same exact k-NN PNI uses (components.memory_bank)
+            torch_knn(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets, 1)[1][:, 0] for f in features
         ]
 
     def variant(use_mlp: bool, use_position: bool, tau: float | None = None) -> tuple[torch.Tensor, dict]:
@@ -158,11 +158,8 @@ def main() -> None:
             with torch.no_grad():
                 for f, near in zip(features, nearest, strict=True):
                     p = model.distributions(f)
-                    patch = model.score(f, p)
-                    size = images.shape[-2:]
-                    maps.append(model.blur(F.interpolate(patch, size=size, mode="bilinear", align_corners=False)))
-                    p = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])
-                    ok = (p > model.score.threshold) | (p == p.amax(1, keepdim=True))
+                    maps.append(model.upsample(model.score(f, p), images.shape[-2:]))
+                    ok = model.score.allowed(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]))
                     share.append(ok.float().mean(1))
                     nearest_allowed.append(ok.gather(1, near[:, None]).float()[:, 0])
         finally:

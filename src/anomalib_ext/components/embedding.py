@@ -20,6 +20,19 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 
+class ImageNetNormalize(nn.Module):
+    """(B, 3, H, W) images in [0, 1] -> ImageNet-normalised; the constants are buffers, kept out of checkpoints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(images - mean) / std."""
+        return (images - self.mean) / self.std
+
+
 class PatchEmbedding(nn.Module):
     """Patch features ``(B, D, h, w)`` of images in [0, 1].
 
@@ -49,13 +62,11 @@ class PatchEmbedding(nn.Module):
             backbone_weights=backbone_weights,
         ).eval()
         self.pooler = nn.AvgPool2d(pool_size, 1, pool_size // 2)
-        # Constants, not state: kept out of checkpoints.
-        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+        self.imagenet = ImageNetNormalize()
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet normalisation of (B, 3, H, W) images in [0, 1]."""
-        return (images - self.mean) / self.std
+        return self.imagenet(images)
 
     def features(self, normalized: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images -> (B, D, h, w) locally aggregated, concatenated layer features."""

@@ -134,7 +134,7 @@ def stroke_defect_mask(
         canvas = max(8, int(rng.uniform(*scale) * side))
         pattern = free_form_mask(64, 64, rng, strokes=(1, 3), brush=(0.06, 0.16))
         stretch = rng.uniform(1.0, 1.5)
-        ph, pw = (min(height, int(canvas * stretch)), canvas) if rng.random() < 0.5 else (canvas, int(canvas * stretch))
+        ph, pw = (int(canvas * stretch), canvas) if rng.random() < 0.5 else (canvas, int(canvas * stretch))
         ph, pw = min(ph, height), min(pw, width)
         pattern = torch.nn.functional.interpolate(pattern[None], size=(ph, pw), mode="nearest")[0]
         y, x = int(rng.integers(0, height - ph + 1)), int(rng.integers(0, width - pw + 1))

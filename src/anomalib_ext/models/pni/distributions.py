@@ -26,15 +26,19 @@ from anomalib_ext.components.memory_bank import squared_distances, torch_knn
 NOT_ALLOWED = 1e12  # distance given to elements below tau: finite (exports cleanly), larger than any real one
 
 
+def _check_neighbourhood_size(size: int) -> None:
+    if size < 3 or size % 2 == 0:
+        msg = f"The neighbourhood size must be odd and >= 3, got {size}."
+        raise ValueError(msg)
+
+
 def neighbourhood_features(features: torch.Tensor, size: int) -> torch.Tensor:
     """(B, D, h, w) -> (B, (size^2 - 1) * D, h, w): the features of each place's size x size neighbours.
 
     The centre itself is left out (the model must predict it from its surroundings); places beyond the
     border are zeros, as in the paper's zero padding.
     """
-    if size < 3 or size % 2 == 0:
-        msg = f"The neighbourhood size must be odd and >= 3, got {size}."
-        raise ValueError(msg)
+    _check_neighbourhood_size(size)
     b, d, h, w = features.shape
     patches = F.unfold(features, size, padding=size // 2)  # (B, D * size^2, h*w), channel-major
     patches = patches.reshape(b, d, size * size, h * w)
@@ -78,9 +82,7 @@ class NeighbourhoodMLP(nn.Module):
         if depth < 1:
             msg = f"The MLP needs at least one layer, got depth={depth}."
             raise ValueError(msg)
-        if size < 3 or size % 2 == 0:
-            msg = f"The neighbourhood size must be odd and >= 3, got {size}."
-            raise ValueError(msg)
+        _check_neighbourhood_size(size)
         self.size = size
         self.project = nn.Conv2d(channels, projection, 1) if projection else None
         layers: list[nn.Module] = []
@@ -188,14 +190,17 @@ class PNIScore(DynamicBufferMixin, nn.Module):
         """The tau in use (the paper's 1 / (2 |C_dist|) unless set)."""
         return self.tau if self.tau is not None else 1.0 / (2 * self.targets.shape[0])
 
+    def allowed(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """(N, |C_dist|) p(c | Omega) per place -> which elements a place is scored against (the fallback included)."""
+        return (probabilities > self.threshold) | (probabilities == probabilities.amax(1, keepdim=True))
+
     def forward(self, features: torch.Tensor, probabilities: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) features, (B, |C_dist|, h, w) p(c | Omega) -> (B, 1, h, w) scores."""
         b, d, h, w = features.shape
         queries = features.permute(0, 2, 3, 1).reshape(1, -1, d)
         distances = squared_distances(queries, self.targets[None])[0].sqrt()  # (B*h*w, K)
         p = probabilities.permute(0, 2, 3, 1).reshape(-1, distances.shape[1])
-        allowed = (p > self.threshold) | (p == p.amax(1, keepdim=True))
-        nearest = torch.where(allowed, distances, distances.new_tensor(NOT_ALLOWED)).amin(1)
+        nearest = torch.where(self.allowed(p), distances, distances.new_tensor(NOT_ALLOWED)).amin(1)
         return (self.scale * nearest).reshape(b, 1, h, w)
 
 

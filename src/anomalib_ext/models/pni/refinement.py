@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.transforms.v2 import functional as TF  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
 from anomalib_ext.backbones import create_backbone
+from anomalib_ext.components.embedding import ImageNetNormalize
 from anomalib_ext.components.synthesis import stroke_defect_mask
 
 if TYPE_CHECKING:
@@ -103,8 +103,7 @@ class RefinementNet(nn.Module):
         self.head = nn.Conv2d(previous + 1, 1, 3, padding=1)  # full resolution, with the map itself beside it
         self.ratio = ratio
         self.register_buffer("scale", torch.tensor(0.0))  # typical map level of a synthetic defect; set by training
-        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+        self.imagenet = ImageNetNormalize()
 
     def reset_new_layers(self) -> None:
         """Draw the layers that do not come from ImageNet (map stem, decoder, head) afresh from torch's RNG."""
@@ -120,7 +119,7 @@ class RefinementNet(nn.Module):
             images = F.interpolate(images, scale_factor=self.resolution, mode="bilinear", align_corners=False)
             anomaly_map = F.interpolate(anomaly_map, scale_factor=self.resolution, mode="bilinear", align_corners=False)
         level = (anomaly_map / self.scale.clamp_min(1e-12)).clamp(0.0, MAP_INPUT_CLAMP)
-        x = self.encoder.conv_stem((images - self.mean) / self.std)
+        x = self.encoder.conv_stem(self.imagenet(images))
         x = self.encoder.bn1(x + self.map_stem(level)[..., : x.shape[-2], : x.shape[-1]])
         features = []
         for index, block in enumerate(self.encoder.blocks):

@@ -194,10 +194,13 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         features = self.embedding(images)
         return self.score(features, self.distributions(features))
 
+    def upsample(self, patch_scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(B, 1, h, w) patch scores -> (B, 1, H, W) map at ``size``: bilinear, then the Gaussian blur."""
+        return self.blur(F.interpolate(patch_scores, size=size, mode="bilinear", align_corners=False))
+
     def coarse_map(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] -> (B, 1, H, W) map before refinement: patch scores, bilinear, blur."""
-        patch = self.patch_scores(images)
-        return self.blur(F.interpolate(patch, size=images.shape[-2:], mode="bilinear", align_corners=False))
+        return self.upsample(self.patch_scores(images), images.shape[-2:])
 
     def fit_refinement(self, images: torch.Tensor, *, epochs: int, batch_size: int = 8, seed: int = 0) -> None:
         """Train the refinement network on synthetic defects of the (N, 3, H, W) uint8 training images."""
