@@ -114,6 +114,7 @@ def test_a_fitted_state_dict_loads_into_a_fresh_model(training):
     model = _fitted(training, refine=True)
     fresh = _model(refine=True).eval()
     fresh.load_state_dict(model.state_dict())
+    assert not fresh.mlp.training  # the MLP rebuilt while loading follows the model's eval mode
     with torch.no_grad():
         assert torch.allclose(fresh(training[:2]).pred_score, model(training[:2]).pred_score)
 

@@ -174,6 +174,9 @@ class PNIModel(DynamicBufferMixin, nn.Module):
                 size=self.neighbourhood_size,
                 projection=None if project is None else project.shape[0],
             )
+            # A module built here starts in training mode; it must follow the model's (its BatchNorm layers
+            # would otherwise normalise with the batch's statistics when an eval-mode model loads weights).
+            self.mlp.train(self.training)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def distributions(self, features: torch.Tensor) -> torch.Tensor:
