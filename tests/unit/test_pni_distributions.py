@@ -29,9 +29,23 @@ def test_neighbourhood_features_are_the_neighbours_without_the_centre():
         assert torch.allclose(out[:, :, y, x], expected)
 
 
+def test_a_centre_block_of_three_leaves_out_the_places_that_aggregate_the_centre():
+    features = torch.randn(1, 2, 6, 6)
+    out = neighbourhood_features(features, 5, centre_block=3)
+    assert out.shape == (1, 2 * 16, 6, 6)  # the 5 x 5 ring around the 3 x 3 block
+    y, x = 2, 3
+    ring = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if max(abs(dy), abs(dx)) == 2]
+    expected = [
+        features[0, :, y + dy, x + dx] if 0 <= y + dy < 6 and 0 <= x + dx < 6 else torch.zeros(2) for dy, dx in ring
+    ]
+    assert torch.equal(out[0, :, y, x], torch.stack(expected, dim=1).reshape(-1))
+
+
 def test_neighbourhood_size_must_be_odd():
     with pytest.raises(ValueError, match="odd"):
         neighbourhood_features(torch.zeros(1, 2, 4, 4), 4)
+    with pytest.raises(ValueError, match="centre block"):
+        neighbourhood_features(torch.zeros(1, 2, 4, 4), 3, centre_block=3)
 
 
 def test_position_histogram_counts_each_window_and_normalises():
@@ -58,29 +72,32 @@ def test_mlp_probabilities_sum_to_one_and_the_temperature_flattens_them():
     assert mlp.probabilities(features).amax(1).mean() < sharp.amax(1).mean()
 
 
-@pytest.mark.parametrize(("depth", "projection"), [(1, None), (3, None), (3, 2)])
-def test_the_map_form_of_the_mlp_is_the_mlp_on_every_concatenated_neighbourhood(depth, projection):
+@pytest.mark.parametrize(("depth", "projection", "centre_block"), [(1, None, 1), (3, None, 1), (3, 2, 1), (3, 2, 3)])
+def test_the_map_form_of_the_mlp_is_the_mlp_on_every_concatenated_neighbourhood(depth, projection, centre_block):
     """probabilities() runs the first layer as a p x p convolution; it must equal the MLP on unfolded places."""
     torch.manual_seed(0)
-    mlp = NeighbourhoodMLP(3, num_classes=4, depth=depth, width=6, size=5, projection=projection)
+    mlp = NeighbourhoodMLP(
+        3, num_classes=4, depth=depth, width=6, size=5, centre_block=centre_block, projection=projection
+    )
     mlp.train()
-    mlp(torch.randn(32, (projection or 3) * 24))  # give BatchNorm non-trivial running statistics
+    mlp(torch.randn(32, (projection or 3) * (25 - centre_block**2)))  # give BatchNorm non-trivial running statistics
     mlp.eval()
     features = torch.randn(2, 3, 6, 7)
     with torch.no_grad():
-        neighbours = neighbourhood_features(mlp.projected(features), 5)
+        neighbours = neighbourhood_features(mlp.projected(features), 5, centre_block)
         per_place = mlp(neighbours.permute(0, 2, 3, 1).reshape(-1, neighbours.shape[1]))
         expected = torch.softmax(per_place / mlp.temperature, 1).reshape(2, 6, 7, 4).permute(0, 3, 1, 2)
         assert torch.allclose(mlp.probabilities(features), expected, atol=1e-5)
 
 
-def test_gathered_neighbourhoods_match_the_unfolded_ones():
+@pytest.mark.parametrize(("size", "centre_block"), [(3, 1), (5, 3)])
+def test_gathered_neighbourhoods_match_the_unfolded_ones(size, centre_block):
     from anomalib_ext.models.pni.distributions import gather_neighbourhoods
 
     features = torch.randn(3, 2, 5, 6)
-    unfolded = neighbourhood_features(features, 3)  # (3, 16, 5, 6)
+    unfolded = neighbourhood_features(features, size, centre_block)
     images, rows, cols = torch.tensor([0, 2, 1, 2]), torch.tensor([0, 4, 2, 1]), torch.tensor([0, 5, 3, 0])
-    gathered = gather_neighbourhoods(features, images, rows, cols, 3)
+    gathered = gather_neighbourhoods(features, images, rows, cols, size, centre_block)
     assert torch.equal(gathered, unfolded[images, :, rows, cols])
 
 

@@ -119,6 +119,18 @@ def test_a_fitted_state_dict_loads_into_a_fresh_model(training):
         assert torch.allclose(fresh(training[:2]).pred_score, model(training[:2]).pred_score)
 
 
+def test_a_left_out_centre_block_fits_and_reloads(training):
+    settings = {"neighbourhood_size": 5, "neighbourhood_centre_block": 3, "mlp_projection": 4}
+    model = _fitted(training, **settings)
+    assert model.mlp.net[0].in_features == 4 * 16  # the 5 x 5 ring only
+    fresh = _model(**settings).eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(fresh(training[:2]).anomaly_map, model(training[:2]).anomaly_map)
+    with pytest.raises(ValueError, match="centre block"):
+        _model(neighbourhood_size=3, neighbourhood_centre_block=3)
+
+
 def _lightning_pni():
     from anomalib_ext.models import PNI
 

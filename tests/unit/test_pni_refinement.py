@@ -30,6 +30,22 @@ def test_synthetic_defects_paste_another_image_inside_the_label():
     assert synthetic[inside].min() > 0.8  # inside A: the other (white) image, colour-jittered by at most 10%
 
 
+def test_normal_share_leaves_some_images_defect_free_and_zero_keeps_the_papers_stream():
+    from anomalib_ext.models.pni.refinement import synthesise_defects
+
+    images = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)
+    images[1] = 255
+    indices = torch.zeros(40, dtype=torch.long)
+    synthetic, label = synthesise_defects(images, indices, np.random.default_rng(0), normal_share=0.5)
+    empty = label.flatten(1).amax(1) == 0
+    assert 5 < int(empty.sum()) < 35  # about half, drawn per image
+    assert synthetic[empty].abs().max() < 1e-6  # a defect-free image is the clean (black) one, untouched
+    assert synthetic[~empty].amax(dim=(1, 2, 3)).min() > 0.8  # the others carry the pasted (white) defect
+    paper = synthesise_defects(images, indices[:4], np.random.default_rng(1))
+    unchanged = synthesise_defects(images, indices[:4], np.random.default_rng(1), normal_share=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(paper, unchanged, strict=True))
+
+
 def test_loss_is_zero_for_the_label_and_weighs_edges():
     from anomalib_ext.models.pni.refinement import refinement_loss
 
@@ -120,3 +136,11 @@ def test_training_needs_two_images():
 
     with pytest.raises(ValueError, match="at least 2 training images"):
         train_refinement(_network(), torch.zeros(1, 3, 32, 32, dtype=torch.uint8), _blurred_difference)
+
+
+def test_training_refuses_a_normal_share_without_defects():
+    from anomalib_ext.models.pni.refinement import train_refinement
+
+    images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="normal_share"):
+        train_refinement(_network(), images, _blurred_difference, normal_share=1.0)

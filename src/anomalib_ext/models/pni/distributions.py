@@ -26,32 +26,45 @@ from anomalib_ext.components.memory_bank import squared_distances, torch_knn
 NOT_ALLOWED = 1e12  # distance given to elements below tau: finite (exports cleanly), larger than any real one
 
 
-def _check_neighbourhood_size(size: int) -> None:
+def neighbour_mask(size: int, centre_block: int = 1) -> torch.Tensor:
+    """(size^2,) bool in raster order: the places of a size x size window that count as neighbours.
+
+    The centre_block x centre_block block around the centre is left out: 1 is the paper's (the centre
+    only). With PatchCore's 3 x 3 aggregation each of the 8 nearest places averages over the centre place
+    itself, so ``centre_block=3`` keeps the centre's own features out of what the model sees.
+    """
     if size < 3 or size % 2 == 0:
         msg = f"The neighbourhood size must be odd and >= 3, got {size}."
         raise ValueError(msg)
+    if centre_block < 1 or centre_block % 2 == 0 or centre_block >= size:
+        msg = (
+            f"The left-out centre block must be odd, >= 1 and smaller than the neighbourhood ({size}), "
+            f"got {centre_block}."
+        )
+        raise ValueError(msg)
+    offsets = torch.arange(size) - size // 2
+    dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+    return (torch.maximum(dy.abs(), dx.abs()) > centre_block // 2).flatten()
 
 
-def neighbourhood_features(features: torch.Tensor, size: int) -> torch.Tensor:
-    """(B, D, h, w) -> (B, (size^2 - 1) * D, h, w): the features of each place's size x size neighbours.
+def neighbourhood_features(features: torch.Tensor, size: int, centre_block: int = 1) -> torch.Tensor:
+    """(B, D, h, w) -> (B, n * D, h, w): the features of each place's n neighbours in its size x size window.
 
-    The centre itself is left out (the model must predict it from its surroundings); places beyond the
-    border are zeros, as in the paper's zero padding.
+    The centre (or its centre_block x centre_block block, :func:`neighbour_mask`) is left out: the model
+    must predict it from its surroundings. Places beyond the border are zeros (the paper's zero padding).
     """
-    _check_neighbourhood_size(size)
+    keep = neighbour_mask(size, centre_block)
     b, d, h, w = features.shape
     patches = F.unfold(features, size, padding=size // 2)  # (B, D * size^2, h*w), channel-major
-    patches = patches.reshape(b, d, size * size, h * w)
-    centre = (size * size) // 2
-    around = torch.cat([patches[:, :, :centre], patches[:, :, centre + 1 :]], dim=2)
-    return around.reshape(b, d * (size * size - 1), h, w)
+    around = patches.reshape(b, d, size * size, h * w)[:, :, keep]
+    return around.reshape(b, d * int(keep.sum()), h, w)
 
 
 class NeighbourhoodMLP(nn.Module):
     """p(c | N_p(x)): an MLP from the concatenated neighbour features to logits over C_dist.
 
-    The first layer reads the (p^2 - 1) neighbours' features concatenated; that is a p x p convolution
-    whose centre weight is zero, and every later layer is a 1 x 1 convolution. :meth:`probabilities`
+    The first layer reads the n neighbours' features concatenated (n = p^2 - 1 in the paper); that is a
+    p x p convolution whose centre weight is zero, and every later layer is a 1 x 1 convolution. :meth:`probabilities`
     evaluates the whole map that way (a fast, traceable graph: no unfolded copy of every neighbourhood),
     :meth:`forward` takes the concatenated neighbourhoods of single places (training batches).
 
@@ -62,6 +75,8 @@ class NeighbourhoodMLP(nn.Module):
         width: hidden units (paper 2048).
         temperature: softmax temperature of :meth:`probabilities` (paper 2: less over-confident).
         size: p, the neighbourhood (paper 9).
+        centre_block: side of the block around the centre that is left out (1: the paper's, the centre only;
+            see :func:`neighbour_mask`).
         projection: if set, each neighbour's D features are first mapped to this many by one learnt linear
             map shared by all places (a low-rank first layer; not in the paper, which has none): the first
             layer's cost falls by D / projection. None: the paper's full first layer.
@@ -76,17 +91,23 @@ class NeighbourhoodMLP(nn.Module):
         temperature: float = 2.0,
         *,
         size: int = 9,
+        centre_block: int = 1,
         projection: int | None = None,
     ) -> None:
         super().__init__()
         if depth < 1:
             msg = f"The MLP needs at least one layer, got depth={depth}."
             raise ValueError(msg)
-        _check_neighbourhood_size(size)
-        self.size = size
+        keep = neighbour_mask(size, centre_block)
+        self.size, self.centre_block = size, centre_block
+        # For each place of the p x p kernel: which neighbour's first-layer weights it holds, or n (a zero
+        # column) for the left-out block. A constant gather: exact, and the exported graph folds it.
+        source = torch.full((size * size,), int(keep.sum()), dtype=torch.long)
+        source[keep] = torch.arange(int(keep.sum()))
+        self.register_buffer("kernel_source", source, persistent=False)
         self.project = nn.Conv2d(channels, projection, 1) if projection else None
         layers: list[nn.Module] = []
-        features = (projection or channels) * (size * size - 1)
+        features = (projection or channels) * int(keep.sum())
         for _ in range(depth - 1):
             layers += [nn.Linear(features, width), nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
             features = width
@@ -99,17 +120,15 @@ class NeighbourhoodMLP(nn.Module):
         return features if self.project is None else self.project(features)
 
     def forward(self, neighbours: torch.Tensor) -> torch.Tensor:
-        """(N, C x (p^2 - 1)) concatenated neighbourhoods (channel-major) -> (N, |C_dist|) logits."""
+        """(N, C x n) concatenated neighbourhoods (channel-major, n neighbours) -> (N, |C_dist|) logits."""
         return self.net(neighbours)
 
     def _first_layer_kernel(self) -> torch.Tensor:
-        """The first linear layer as a p x p convolution kernel with a zero centre."""
+        """The first linear layer as a p x p convolution kernel, zero over the left-out centre block."""
         first = self.net[0]
-        half = (self.size * self.size) // 2
-        weight = first.weight.reshape(first.out_features, -1, self.size * self.size - 1)
-        centre = weight.new_zeros(*weight.shape[:2], 1)
-        kernel = torch.cat([weight[..., :half], centre, weight[..., half:]], dim=2)
-        return kernel.reshape(*weight.shape[:2], self.size, self.size)
+        weight = first.weight.reshape(first.out_features, -1, int(self.kernel_source.max()))
+        padded = F.pad(weight, (0, 1))  # the zero column the left-out places take
+        return padded[..., self.kernel_source].reshape(*weight.shape[:2], self.size, self.size)
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) features -> (B, |C_dist|, h, w) logits of every place's neighbourhood (zero padded)."""
@@ -126,7 +145,12 @@ class NeighbourhoodMLP(nn.Module):
 
 
 def gather_neighbourhoods(
-    features: torch.Tensor, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, size: int
+    features: torch.Tensor,
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    size: int,
+    centre_block: int = 1,
 ) -> torch.Tensor:
     """The concatenated neighbourhoods of chosen places, as :func:`neighbourhood_features` lays them out.
 
@@ -136,17 +160,18 @@ def gather_neighbourhoods(
         rows: (N,) its row.
         cols: (N,) its column.
         size: p.
+        centre_block: the left-out block around the centre (:func:`neighbour_mask`).
 
     Returns:
-        (N, C x (p^2 - 1)): channel-major, neighbours in raster order without the centre, zeros off the map.
+        (N, C x n): channel-major, the n neighbours in raster order, zeros off the map.
     """
     half = size // 2
     padded = F.pad(features, (half, half, half, half))
-    offsets = torch.arange(-half, half + 1, device=features.device)
+    offsets = torch.arange(size, device=features.device)
     dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
-    keep = (dy != 0) | (dx != 0)
-    dy, dx = dy[keep] + half, dx[keep] + half  # (p^2 - 1,) raster order, centre left out
-    gathered = padded[images[:, None], :, rows[:, None] + dy, cols[:, None] + dx]  # (N, p^2 - 1, C)
+    keep = neighbour_mask(size, centre_block).to(features.device)
+    dy, dx = dy.flatten()[keep], dx.flatten()[keep]  # (n,) raster order, the centre block left out
+    gathered = padded[images[:, None], :, rows[:, None] + dy, cols[:, None] + dx]  # (N, n, C)
     return gathered.transpose(1, 2).reshape(len(images), -1)
 
 
@@ -264,7 +289,9 @@ def train_neighbourhood_mlp(
                     continue
                 images, rows, cols = batch // (h * w), (batch // w) % h, batch % w
                 # The projection (if any) is learnt: project inside the step so that its gradient flows.
-                inputs = gather_neighbourhoods(mlp.projected(chunk_features), images, rows, cols, mlp.size)
+                inputs = gather_neighbourhoods(
+                    mlp.projected(chunk_features), images, rows, cols, mlp.size, mlp.centre_block
+                )
                 loss = F.cross_entropy(mlp(inputs), chunk_targets[images, rows, cols])
                 optimiser.zero_grad()
                 loss.backward()

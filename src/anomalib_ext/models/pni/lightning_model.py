@@ -34,6 +34,8 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         embedding_ratio: |C_emb| / training patches (paper 1%).
         distribution_size: |C_dist| (paper 2048).
         neighbourhood_size: p (paper 9).
+        neighbourhood_centre_block: the block around the centre the neighbourhood model does not see (1: the
+            paper's, the centre only; 3: also the 8 places whose 3 x 3 aggregation averages the centre).
         use_neighbourhood, use_position: the two distributions (the paper's ablation).
         mlp_depth, mlp_width, mlp_epochs, mlp_batch_size, temperature: the neighbourhood MLP.
         mlp_projection: per-neighbour projection of the features before the MLP (None: the paper's full layer).
@@ -43,6 +45,8 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refine_backbone, refine_backbone_weights, refine_ratio, refine_scale, refine_epochs, refine_batch_size:
             its encoder, the share of the refined map (paper 0.1), its resolution as a fraction of the
             image's (paper 1.0), epochs (paper 3) and batch size (paper 8).
+        refine_normal_share: share of the refiner's training images left defect-free (0 = the paper's: every
+            one has a synthetic defect).
         image_score: ``final`` (the max of the refined map, the paper's) or ``coarse`` (before refinement).
         seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
@@ -58,6 +62,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         embedding_ratio: float = 0.01,
         distribution_size: int = 2048,
         neighbourhood_size: int = 9,
+        neighbourhood_centre_block: int = 1,
         use_neighbourhood: bool = True,
         use_position: bool = True,
         mlp_depth: int = 3,
@@ -76,6 +81,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         image_score: str = "final",
         refine_epochs: int = 3,
         refine_batch_size: int = 8,
+        refine_normal_share: float = 0.0,
         seed: int = 0,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -97,6 +103,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             embedding_ratio=embedding_ratio,
             distribution_size=distribution_size,
             neighbourhood_size=neighbourhood_size,
+            neighbourhood_centre_block=neighbourhood_centre_block,
             use_neighbourhood=use_neighbourhood,
             use_position=use_position,
             mlp_depth=mlp_depth,
@@ -114,6 +121,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         )
         self.refine_epochs = refine_epochs
         self.refine_batch_size = refine_batch_size
+        self.refine_normal_share = refine_normal_share
         self.mlp_epochs = mlp_epochs
         self.mlp_batch_size = mlp_batch_size
         self.seed = seed
@@ -148,6 +156,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
                     torch.cat(self._images),
                     epochs=self.refine_epochs,
                     batch_size=self.refine_batch_size,
+                    normal_share=self.refine_normal_share,
                     seed=self.seed,
                 )
         self._features, self._images = [], []

@@ -165,16 +165,24 @@ def synthesise_defects(
     rng: np.random.Generator,
     *,
     max_angle: float = 10.0,
+    normal_share: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) uint8 training images -> images I = (1 - A) I_clean + A I_defect and labels A for ``indices``.
 
     I_clean is the augmented image at each index; I_defect another training image, augmented on its own
     and shifted by a random offset (so that on registered images the pasted content differs from what
-    belongs there); A is :func:`stroke_defect_mask`.
+    belongs there); A is :func:`stroke_defect_mask`. A ``normal_share`` of the images (drawn per image)
+    stay defect-free, A = 0 (not in the paper, whose every training image has a defect); with 0 no extra
+    random number is drawn, so the paper's stream of defects is unchanged.
     """
     _, _, h, w = images.shape
     clean, labels, defects = [], [], []
     for index in indices.tolist():
+        if normal_share > 0 and rng.random() < normal_share:
+            clean.append(_augment(images[index].float() / 255, rng, max_angle))
+            defects.append(clean[-1])
+            labels.append(torch.zeros(1, h, w))
+            continue
         other = int(rng.integers(len(images) - 1))
         other += other >= index  # any image but this one (the caller guarantees two or more)
         source = _augment(images[other].float() / 255, rng, max_angle)
@@ -202,6 +210,7 @@ def train_refinement(
     batch_size: int = 8,
     learning_rate: float = 1e-4,
     calibration_images: int = 32,
+    normal_share: float = 0.0,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
@@ -220,12 +229,17 @@ def train_refinement(
         epochs: passes over the training images (paper 3).
         batch_size: synthetic images per optimiser step (paper 8).
         learning_rate: Adam's (paper 1e-4).
-        calibration_images: synthetic images that set the map scale.
+        calibration_images: synthetic images that set the map scale (all with a defect).
+        normal_share: share of the training images left defect-free (target 0 everywhere): the refiner
+            also learns not to fire where the map is high on normal texture. 0 = the paper's.
         seed: seeds the synthetic defects, augmentations and order.
         progress: show a progress bar over the optimiser steps.
     """
     from tqdm import tqdm
 
+    if not 0.0 <= normal_share < 1.0:
+        msg = f"normal_share must be in [0, 1), got {normal_share}."
+        raise ValueError(msg)
     if len(images) < 2:
         msg = f"The refinement needs at least 2 training images (one is pasted into the other), got {len(images)}."
         raise ValueError(msg)
@@ -252,7 +266,7 @@ def train_refinement(
                 module.eval()
         total, count = 0.0, 0
         for chunk in torch.randperm(len(images), generator=generator).split(batch_size):
-            synthetic, label = synthesise_defects(images, chunk, rng)
+            synthetic, label = synthesise_defects(images, chunk, rng, normal_share=normal_share)
             synthetic, label = synthetic.to(device), label.to(device)
             with torch.no_grad():
                 coarse = coarse_map(synthetic)

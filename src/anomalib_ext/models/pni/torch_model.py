@@ -26,6 +26,7 @@ from anomalib_ext.models.pni.distributions import (
     NeighbourhoodMLP,
     PNIScore,
     nearest_indices,
+    neighbour_mask,
     position_histogram,
     train_neighbourhood_mlp,
 )
@@ -43,6 +44,8 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         embedding_ratio: |C_emb| as a fraction of all training patches (paper 1%).
         distribution_size: |C_dist| (paper 2048), taken from C_emb by the same greedy selection; at most |C_emb|.
         neighbourhood_size: p of the p x p neighbourhood (paper 9), also the position histogram's window.
+        neighbourhood_centre_block: side of the block around the centre that the neighbourhood model does
+            not see (1: the paper's, the centre only; 3: also the places whose 3 x 3 aggregation covers it).
         use_neighbourhood / use_position: the two distributions (the ablation); with neither, every C_dist
             element is allowed and the score is the distance to the nearest c*_emb.
         mlp_depth, mlp_width, temperature: the neighbourhood MLP (paper 10 x 2048, T = 2).
@@ -70,6 +73,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         embedding_ratio: float = 0.01,
         distribution_size: int = 2048,
         neighbourhood_size: int = 9,
+        neighbourhood_centre_block: int = 1,
         use_neighbourhood: bool = True,
         use_position: bool = True,
         mlp_depth: int = 10,
@@ -91,7 +95,9 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         )
         self.embedding_ratio = embedding_ratio
         self.distribution_size = distribution_size
+        neighbour_mask(neighbourhood_size, neighbourhood_centre_block)  # a bad size fails here, not at fit time
         self.neighbourhood_size = neighbourhood_size
+        self.neighbourhood_centre_block = neighbourhood_centre_block
         self.use_neighbourhood = use_neighbourhood
         self.use_position = use_position
         self.mlp_depth, self.mlp_width, self.temperature = mlp_depth, mlp_width, temperature
@@ -140,6 +146,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
                 self.mlp_width,
                 self.temperature,
                 size=self.neighbourhood_size,
+                centre_block=self.neighbourhood_centre_block,
                 projection=self.mlp_projection,
             )
             self.mlp.to(features.device)
@@ -163,7 +170,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         if linear:
             width = linear[0][1][0] if len(linear) > 1 else self.mlp_width
             project = state_dict.get(prefix + "mlp.project.weight")  # (projection, D, 1, 1) when there is one
-            neighbours = self.neighbourhood_size**2 - 1
+            neighbours = int(neighbour_mask(self.neighbourhood_size, self.neighbourhood_centre_block).sum())
             channels = project.shape[1] if project is not None else linear[0][1][1] // neighbours
             self.mlp = NeighbourhoodMLP(
                 channels,
@@ -172,6 +179,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
                 width,
                 self.temperature,
                 size=self.neighbourhood_size,
+                centre_block=self.neighbourhood_centre_block,
                 projection=None if project is None else project.shape[0],
             )
             # A module built here starts in training mode; it must follow the model's (its BatchNorm layers
@@ -205,15 +213,26 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         """(B, 3, H, W) images in [0, 1] -> (B, 1, H, W) map before refinement: patch scores, bilinear, blur."""
         return self.upsample(self.patch_scores(images), images.shape[-2:])
 
-    def fit_refinement(self, images: torch.Tensor, *, epochs: int, batch_size: int = 8, seed: int = 0) -> None:
-        """Train the refinement network on synthetic defects of the (N, 3, H, W) uint8 training images."""
+    def fit_refinement(
+        self, images: torch.Tensor, *, epochs: int, batch_size: int = 8, normal_share: float = 0.0, seed: int = 0
+    ) -> None:
+        """Train the refinement network on synthetic defects of the (N, 3, H, W) uint8 training images.
+
+        ``normal_share`` of them stay defect-free (see :func:`train_refinement`; 0 = the paper's).
+        """
         if self.refiner is None:
             return
         with torch.inference_mode(mode=False), torch.enable_grad():  # see fit(): Lightning calls it in inference mode
             torch.manual_seed(seed)  # the new layers' weights: the same seed gives the same refiner
             self.refiner.reset_new_layers()
             train_refinement(
-                self.refiner, images.clone(), self.coarse_map, epochs=epochs, batch_size=batch_size, seed=seed
+                self.refiner,
+                images.clone(),
+                self.coarse_map,
+                epochs=epochs,
+                batch_size=batch_size,
+                normal_share=normal_share,
+                seed=seed,
             )
 
     def forward(self, images: torch.Tensor) -> InferenceBatch:
