@@ -9,14 +9,17 @@ a category's test split without refitting:
 - ``neither``: no distribution (every C_dist element allowed: the nearest c*_emb);
 - ``position`` / ``neighbourhood``: one of the two distributions; ``both``: the paper's PNI w/o refine;
 - ``both+refine``: the final map (what the model outputs); ``both+refine/coarse-image``: the final map for
-  pixels, the image score from the map before refinement;
+  pixels, the image score from the map before refinement; ``refined-alone``: the refiner's own [0, 1]
+  map, scored as if it were the detector;
 - ``tau=x``: both + refinement with tau = x times the paper's 1 / (2 |C_dist|).
 
 For each: image AUROC (image score = map max), pixel AUROC, AUPRO (FPR 0.3), pixel AP, computed as
 anomalib's evaluator computes them (the ``both+refine`` row reproduces the benchmark job's numbers); for
 the distributions, how selective they are on the test images (the share of C_dist allowed at a place,
 and how often the nearest c*_emb is allowed: at 1.0 the variant scores exactly like ``neither``); for the
-refinement, how much it adds to the maximum of normal and of anomalous images. It reads the test
+refinement, how much it adds to the maximum of normal and of anomalous images (``max_added_*``) and
+what its refined term contributes there beyond the (1 - ratio) scaling, which alone changes no ranking
+(``refined_term_*``). It reads the test
 split: an ablation reports, it chooses nothing. ``--summary FILES`` prints mean ± std over the seeds.
 
     python tools/pni_ablation.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt --category tire \
@@ -97,7 +100,16 @@ def summarise(paths: list[str]) -> str:
         for variant, values in report["variants"].items():
             rows.append({"dataset": report["category"], "variant": variant, **values})
     frame = pd.DataFrame(rows)
-    wanted = ("image_AUROC", "pixel_AUROC", "pixel_AUPRO", "pixel_AP", "allowed_share", "nearest_allowed")
+    wanted = (
+        "image_AUROC",
+        "pixel_AUROC",
+        "pixel_AUPRO",
+        "pixel_AP",
+        "allowed_share",
+        "nearest_allowed",
+        "refined_term_normal",
+        "refined_term_anomalous",
+    )
     columns = [c for c in wanted if c in frame.columns]
     grouped = frame.groupby(["dataset", "variant"], sort=False)[columns]
     mean, std, count = grouped.mean(), grouped.std(), grouped.size()
@@ -191,6 +203,16 @@ def main() -> None:
         added = final.flatten(1).amax(1) - coarse.flatten(1).amax(1)
         rows["both+refine"]["max_added_normal"] = float(added[~labels].mean())
         rows["both+refine"]["max_added_anomalous"] = float(added[labels].mean())
+        # The final map is (1 - ratio) x coarse + ratio x scale x refined: scaling every map by (1 - ratio)
+        # cannot change a ranking, so what moves the image AUROC is the refined term at the maximum.
+        term = final.flatten(1).amax(1) - (1 - model.refiner.ratio) * coarse.flatten(1).amax(1)
+        rows["both+refine"]["refined_term_normal"] = float(term[~labels].mean())
+        rows["both+refine"]["refined_term_anomalous"] = float(term[labels].mean())
+        with torch.no_grad():  # the refiner's own [0, 1] map, as if it were the detector
+            alone = torch.cat([
+                model.refiner.refine(i, c) for i, c in zip(images.split(8), coarse.split(8), strict=True)
+            ])
+        rows["refined-alone"] = metrics(alone, alone.flatten(1).amax(1), labels, mask)
     for multiple in args.taus:
         maps, stats = variant(use_mlp=True, use_position=True, tau=multiple * paper_tau)
         if model.refiner is not None:

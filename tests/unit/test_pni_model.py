@@ -131,6 +131,17 @@ def test_a_left_out_centre_block_fits_and_reloads(training):
         _model(neighbourhood_size=3, neighbourhood_centre_block=3)
 
 
+def test_the_refiner_can_fill_its_defects_with_foreign_content(training):
+    images = (training * 255).round().to(torch.uint8)
+    own = _fitted(training, refine=True)
+    foreign = _fitted(training, refine=True)
+    foreign.fit_refinement(images, epochs=1, batch_size=4, defect_source="noise")
+    with torch.no_grad():
+        assert not torch.equal(own(training[:2]).anomaly_map, foreign(training[:2]).anomaly_map)
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        foreign.fit_refinement(images, epochs=1, batch_size=4, defect_source="no/such/folder")
+
+
 def _lightning_pni():
     from anomalib_ext.models import PNI
 

@@ -144,3 +144,36 @@ def test_training_refuses_a_normal_share_without_defects():
     images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
     with pytest.raises(ValueError, match="normal_share"):
         train_refinement(_network(), images, _blurred_difference, normal_share=1.0)
+
+
+def test_foreign_content_from_noise_or_a_folder(tmp_path):
+    from PIL import Image
+
+    from anomalib_ext.components.synthesis import foreign_content
+
+    noise = foreign_content("noise", 3, (40, 32), seed=2)
+    assert noise.shape == (3, 3, 40, 32) and noise.dtype == torch.uint8
+    assert torch.equal(noise, foreign_content("noise", 3, (40, 32), seed=2))
+    assert not torch.equal(noise, foreign_content("noise", 3, (40, 32), seed=3))
+    assert noise.min() == 0 and noise.max() == 255  # each channel stretched over the range
+    (tmp_path / "sub").mkdir()
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        Image.new("RGB", (20, 10), colour).save(tmp_path / "sub" / f"{i}.png")
+    folder = foreign_content(tmp_path, 5, (8, 16), seed=0)
+    assert folder.shape == (2, 3, 8, 16)  # fewer images than asked for: all of them
+    assert sorted(folder[:, :, 0, 0].tolist()) == [[0, 0, 255], [255, 0, 0]]
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        foreign_content(tmp_path / "missing", 2, (8, 8))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        foreign_content(tmp_path / "empty", 2, (8, 8))
+
+
+def test_defects_take_their_content_from_the_sources_when_given():
+    from anomalib_ext.models.pni.refinement import synthesise_defects
+
+    images = torch.zeros(2, 3, 64, 64, dtype=torch.uint8)  # both training images black
+    sources = torch.full((1, 3, 64, 64), 255, dtype=torch.uint8)
+    synthetic, label = synthesise_defects(images, torch.tensor([0, 1]), np.random.default_rng(0), sources=sources)
+    inside = label.expand_as(synthetic) > 0.5
+    assert synthetic[inside].min() > 0.8 and synthetic[~inside].abs().max() < 1e-6

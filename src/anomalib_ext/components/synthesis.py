@@ -7,6 +7,8 @@
   (``stroke_defect_mask``: several stroke patterns, resized and combined).
 - ``paste_region``: a masked region of one image pasted into a target area of another (PRN's
   extended anomalies).
+- ``foreign_content``: images unlike the training set to fill synthetic defects with: colour Perlin-noise
+  textures (no files needed) or images from a folder the user has (e.g. DTD, other categories).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator
+from anomalib.data.utils.generators.perlin import PerlinAnomalyGenerator, generate_perlin_noise
 from torchvision.transforms.v2 import ColorJitter
 from torchvision.transforms.v2 import functional as TF  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
@@ -181,3 +183,37 @@ def paste_region(
     window[:] = window * (1 - patch_mask) + patch * patch_mask
     mask[:, ty : ty + ph, tx : tx + pw] = (patch_mask > 0).float()
     return out, mask
+
+
+def foreign_content(source: str | Path, count: int, size: tuple[int, int], seed: int = 0) -> torch.Tensor:
+    """(count, 3, H, W) uint8 images unlike any one training set, to fill synthetic defects with.
+
+    Args:
+        source: ``noise`` for colour textures made here (each channel an independent Perlin-noise field,
+            anomalib's ``generate_perlin_noise``, stretched to [0, 255]; no files), or a folder of images
+            searched recursively (``count`` of them drawn at random, or all if fewer, resized to ``size``).
+        count: how many images (a folder may give fewer).
+        size: (H, W).
+        seed: seeds the noise and the draw from the folder.
+    """
+    from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb
+
+    height, width = size
+    if str(source) == "noise":
+        with torch.random.fork_rng(devices=[]):  # Perlin noise draws from torch's global RNG
+            torch.manual_seed(seed)
+            fields = torch.stack([generate_perlin_noise(height, width) for _ in range(3 * count)])
+        low, high = fields.amin((1, 2), keepdim=True), fields.amax((1, 2), keepdim=True)
+        fields = (fields - low) / (high - low).clamp_min(1e-6)
+        return (fields.reshape(count, 3, height, width) * 255).round().to(torch.uint8)
+    folder = Path(source)
+    if not folder.is_dir():
+        msg = f"Defect source {folder} is not a folder: pass 'noise' or a folder of images (e.g. DTD)."
+        raise FileNotFoundError(msg)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        msg = f"Defect source {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): add some or pass 'noise'."
+        raise FileNotFoundError(msg)
+    chosen = np.random.default_rng(seed).permutation(len(files))[:count]
+    images = [torch.from_numpy(read_rgb(files[i])).permute(2, 0, 1) for i in sorted(chosen)]
+    return torch.stack([TF.resize(image, [height, width], antialias=True) for image in images])

@@ -47,6 +47,9 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             image's (paper 1.0), epochs (paper 3) and batch size (paper 8).
         refine_normal_share: share of the refiner's training images left defect-free (0 = the paper's: every
             one has a synthetic defect).
+        refine_defect_source: what fills the refiner's synthetic defects: None, other training images of
+            the set; ``noise``, colour Perlin textures (no files); or a folder of images (the paper draws
+            from all of MVTec AD, i.e. mostly other objects: e.g. DTD or other categories).
         image_score: ``final`` (the max of the refined map, the paper's) or ``coarse`` (before refinement).
         seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
@@ -82,6 +85,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refine_epochs: int = 3,
         refine_batch_size: int = 8,
         refine_normal_share: float = 0.0,
+        refine_defect_source: str | None = None,
         seed: int = 0,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
@@ -122,6 +126,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         self.refine_epochs = refine_epochs
         self.refine_batch_size = refine_batch_size
         self.refine_normal_share = refine_normal_share
+        self.refine_defect_source = refine_defect_source
         self.mlp_epochs = mlp_epochs
         self.mlp_batch_size = mlp_batch_size
         self.seed = seed
@@ -157,6 +162,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
                     epochs=self.refine_epochs,
                     batch_size=self.refine_batch_size,
                     normal_share=self.refine_normal_share,
+                    defect_source=self.refine_defect_source,
                     seed=self.seed,
                 )
         self._features, self._images = [], []

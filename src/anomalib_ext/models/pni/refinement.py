@@ -166,12 +166,14 @@ def synthesise_defects(
     *,
     max_angle: float = 10.0,
     normal_share: float = 0.0,
+    sources: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, 3, H, W) uint8 training images -> images I = (1 - A) I_clean + A I_defect and labels A for ``indices``.
 
     I_clean is the augmented image at each index; I_defect another training image, augmented on its own
     and shifted by a random offset (so that on registered images the pasted content differs from what
-    belongs there); A is :func:`stroke_defect_mask`. A ``normal_share`` of the images (drawn per image)
+    belongs there), or, if ``sources`` (M, 3, H, W) uint8 are given, one of them (content foreign to the
+    set); A is :func:`stroke_defect_mask`. A ``normal_share`` of the images (drawn per image)
     stay defect-free, A = 0 (not in the paper, whose every training image has a defect); with 0 no extra
     random number is drawn, so the paper's stream of defects is unchanged.
     """
@@ -183,9 +185,12 @@ def synthesise_defects(
             defects.append(clean[-1])
             labels.append(torch.zeros(1, h, w))
             continue
-        other = int(rng.integers(len(images) - 1))
-        other += other >= index  # any image but this one (the caller guarantees two or more)
-        source = _augment(images[other].float() / 255, rng, max_angle)
+        if sources is None:
+            other = int(rng.integers(len(images) - 1))
+            other += other >= index  # any image but this one (the caller guarantees two or more)
+            source = _augment(images[other].float() / 255, rng, max_angle)
+        else:
+            source = _augment(sources[int(rng.integers(len(sources)))].float() / 255, rng, max_angle)
         defects.append(torch.roll(source, (int(rng.integers(h)), int(rng.integers(w))), dims=(1, 2)))
         clean.append(_augment(images[index].float() / 255, rng, max_angle))
         labels.append(stroke_defect_mask(h, w, rng))
@@ -211,6 +216,7 @@ def train_refinement(
     learning_rate: float = 1e-4,
     calibration_images: int = 32,
     normal_share: float = 0.0,
+    sources: torch.Tensor | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[float]:
@@ -232,6 +238,8 @@ def train_refinement(
         calibration_images: synthetic images that set the map scale (all with a defect).
         normal_share: share of the training images left defect-free (target 0 everywhere): the refiner
             also learns not to fire where the map is high on normal texture. 0 = the paper's.
+        sources: (M, 3, H, W) uint8 images to fill the defects with (:func:`foreign_content`); None: other
+            training images of the set.
         seed: seeds the synthetic defects, augmentations and order.
         progress: show a progress bar over the optimiser steps.
     """
@@ -250,7 +258,7 @@ def train_refinement(
     calibration = torch.arange(min(calibration_images, len(images)))
     with torch.no_grad():
         maxima = [
-            coarse_map(synthesise_defects(images, chunk, rng)[0].to(device)).flatten(1).amax(1)
+            coarse_map(synthesise_defects(images, chunk, rng, sources=sources)[0].to(device)).flatten(1).amax(1)
             for chunk in calibration.split(batch_size)
         ]
     refiner.scale.fill_(float(torch.cat(maxima).median().clamp_min(1e-6)))
@@ -266,7 +274,7 @@ def train_refinement(
                 module.eval()
         total, count = 0.0, 0
         for chunk in torch.randperm(len(images), generator=generator).split(batch_size):
-            synthetic, label = synthesise_defects(images, chunk, rng, normal_share=normal_share)
+            synthetic, label = synthesise_defects(images, chunk, rng, normal_share=normal_share, sources=sources)
             synthetic, label = synthetic.to(device), label.to(device)
             with torch.no_grad():
                 coarse = coarse_map(synthetic)

@@ -22,6 +22,7 @@ from torch import nn
 from anomalib_ext.components.blur import SeparableGaussianBlur
 from anomalib_ext.components.coreset import greedy_coreset_indices
 from anomalib_ext.components.embedding import PatchEmbedding
+from anomalib_ext.components.synthesis import foreign_content
 from anomalib_ext.models.pni.distributions import (
     NeighbourhoodMLP,
     PNIScore,
@@ -33,6 +34,8 @@ from anomalib_ext.models.pni.distributions import (
 from anomalib_ext.models.pni.refinement import RefinementNet, train_refinement
 
 logger = logging.getLogger(__name__)
+
+FOREIGN_SOURCES = 64  # foreign images kept to fill the refiner's synthetic defects with (a pool, drawn from per defect)
 
 
 class PNIModel(DynamicBufferMixin, nn.Module):
@@ -214,17 +217,29 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         return self.upsample(self.patch_scores(images), images.shape[-2:])
 
     def fit_refinement(
-        self, images: torch.Tensor, *, epochs: int, batch_size: int = 8, normal_share: float = 0.0, seed: int = 0
+        self,
+        images: torch.Tensor,
+        *,
+        epochs: int,
+        batch_size: int = 8,
+        normal_share: float = 0.0,
+        defect_source: str | None = None,
+        seed: int = 0,
     ) -> None:
         """Train the refinement network on synthetic defects of the (N, 3, H, W) uint8 training images.
 
-        ``normal_share`` of them stay defect-free (see :func:`train_refinement`; 0 = the paper's).
+        ``normal_share`` of them stay defect-free (see :func:`train_refinement`; 0 = the paper's). The
+        defects are filled with other training images (``defect_source=None``) or with foreign content:
+        ``noise`` or a folder of images (:func:`foreign_content`; the paper draws from all of MVTec AD).
         """
         if self.refiner is None:
             return
         with torch.inference_mode(mode=False), torch.enable_grad():  # see fit(): Lightning calls it in inference mode
             torch.manual_seed(seed)  # the new layers' weights: the same seed gives the same refiner
             self.refiner.reset_new_layers()
+            sources = None
+            if defect_source is not None:
+                sources = foreign_content(defect_source, FOREIGN_SOURCES, tuple(images.shape[-2:]), seed=seed)
             train_refinement(
                 self.refiner,
                 images.clone(),
@@ -232,6 +247,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
                 epochs=epochs,
                 batch_size=batch_size,
                 normal_share=normal_share,
+                sources=sources,
                 seed=seed,
             )
 
