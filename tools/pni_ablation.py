@@ -33,6 +33,7 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
 
 def _unit(scores: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,7 @@ def summarise(paths: list[str]) -> str:
         "pixel_AP",
         "allowed_share",
         "nearest_allowed",
+        "nearest_allowed_defect",
         "refined_term_normal",
         "refined_term_anomalous",
     )
@@ -149,6 +151,10 @@ def main() -> None:
     mask = torch.stack([mask_at(m, size) for m in test.mask_path]) > 0.5
     labels = torch.tensor((test.label_index == 1).to_numpy())
     mlp, position, paper_tau = model.mlp, model.position, model.score.threshold
+    with torch.no_grad():
+        grid = model.embedding(images[:1]).shape[-2:]
+    # a place is on a defect if the defect mask touches its cell of the feature grid
+    defect_places = F.adaptive_max_pool2d(mask.float(), grid)[:, 0].bool().split(8)
 
     with torch.no_grad():  # the embedding and each place's nearest c*_emb are the same for every variant
         features = [model.embedding(chunk) for chunk in images.split(8)]
@@ -165,7 +171,7 @@ def main() -> None:
         model.mlp = mlp if use_mlp else None
         model.position = position if use_position else torch.empty(0)
         model.score.tau = tau
-        maps, share, nearest_allowed = [], [], []
+        maps, share, nearest_allowed, on_defect = [], [], [], []
         try:
             with torch.no_grad():
                 for f, near in zip(features, nearest, strict=True):
@@ -174,11 +180,16 @@ def main() -> None:
                     ok = model.score.allowed(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]))
                     share.append(ok.float().mean(1))
                     nearest_allowed.append(ok.gather(1, near[:, None]).float()[:, 0])
+                    on_defect.append(defect_places[len(on_defect)].flatten())
         finally:
             model.mlp, model.position, model.score.tau = mlp, position, None
         stats = {
             "allowed_share": float(torch.cat(share).mean()),
             "nearest_allowed": float(torch.cat(nearest_allowed).mean()),
+            # the same at the places a defect covers: where conditioning must exclude the nearest element
+            "nearest_allowed_defect": (
+                float(torch.cat(nearest_allowed)[torch.cat(on_defect)].mean()) if torch.cat(on_defect).any() else None
+            ),
         }
         return torch.cat(maps), stats if (use_mlp or use_position) else {}
 
