@@ -4,7 +4,8 @@
 - CutPaste and CutPaste-Scar (Li et al., 2021): a patch / a thin rotated strip cut from the image,
   colour-jittered and pasted elsewhere.
 - Free-form masks: random brush strokes (as used for inpainting), and PNI's refinement labels
-  (``stroke_defect_mask``: several stroke patterns, resized and combined).
+  (``stroke_defect_mask``: several stroke patterns, resized and combined) and data (``synthesise_defects``:
+  another image's content pasted inside them).
 - ``paste_region``: a masked region of one image pasted into a target area of another (PRN's
   extended anomalies).
 - ``foreign_content``: images unlike the training set to fill synthetic defects with: colour Perlin-noise
@@ -217,3 +218,61 @@ def foreign_content(source: str | Path, count: int, size: tuple[int, int], seed:
     chosen = np.random.default_rng(seed).permutation(len(files))[:count]
     images = [torch.from_numpy(read_rgb(files[i])).permute(2, 0, 1) for i in sorted(chosen)]
     return torch.stack([TF.resize(image, [height, width], antialias=True) for image in images])
+
+
+def _augment_like_pni(image: torch.Tensor, rng: np.random.Generator, max_angle: float) -> torch.Tensor:
+    """PNI's online augmentation (paper Sec. 4.1) of a (3, H, W) image: horizontal flip, rotation, colour change.
+
+    The rotation zooms in just enough (|cos| + |sin|) that no empty corner enters the picture: an empty
+    corner is itself an anomaly to PNI and would teach its refiner to ignore high scores.
+    """
+    if rng.random() < 0.5:
+        image = TF.horizontal_flip(image)
+    angle = float(rng.uniform(-max_angle, max_angle))
+    if angle:
+        zoom = abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))
+        image = TF.affine(image, angle=angle, translate=[0, 0], scale=zoom, shear=[0.0, 0.0])
+    image = TF.adjust_brightness(image, float(rng.uniform(0.9, 1.1)))
+    image = TF.adjust_contrast(image, float(rng.uniform(0.9, 1.1)))
+    return TF.adjust_saturation(image, float(rng.uniform(0.9, 1.1))).clamp(0, 1)
+
+
+def synthesise_defects(
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    rng: np.random.Generator,
+    *,
+    max_angle: float = 10.0,
+    normal_share: float = 0.0,
+    sources: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """PNI's refinement data (Eq. 13): uint8 images -> I = (1 - A) I_clean + A I_defect and labels A for ``indices``.
+
+    ``images`` are (N, 3, H, W) uint8 training images.
+
+    I_clean is the augmented image at each index; I_defect another training image, augmented on its own
+    and shifted by a random offset (so that on registered images the pasted content differs from what
+    belongs there), or, if ``sources`` (M, 3, H, W) uint8 are given, one of them (content foreign to the
+    set); A is :func:`stroke_defect_mask`. A ``normal_share`` of the images (drawn per image)
+    stay defect-free, A = 0 (not in the paper, whose every training image has a defect); with 0 no extra
+    random number is drawn, so the paper's stream of defects is unchanged.
+    """
+    _, _, h, w = images.shape
+    clean, labels, defects = [], [], []
+    for index in indices.tolist():
+        if normal_share > 0 and rng.random() < normal_share:
+            clean.append(_augment_like_pni(images[index].float() / 255, rng, max_angle))
+            defects.append(clean[-1])
+            labels.append(torch.zeros(1, h, w))
+            continue
+        if sources is None:
+            other = int(rng.integers(len(images) - 1))
+            other += other >= index  # any image but this one (the caller guarantees two or more)
+            source = _augment_like_pni(images[other].float() / 255, rng, max_angle)
+        else:
+            source = _augment_like_pni(sources[int(rng.integers(len(sources)))].float() / 255, rng, max_angle)
+        defects.append(torch.roll(source, (int(rng.integers(h)), int(rng.integers(w))), dims=(1, 2)))
+        clean.append(_augment_like_pni(images[index].float() / 255, rng, max_angle))
+        labels.append(stroke_defect_mask(h, w, rng))
+    label = torch.stack(labels)
+    return (1 - label) * torch.stack(clean) + label * torch.stack(defects), label

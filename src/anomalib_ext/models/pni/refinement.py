@@ -26,11 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from torch import nn
-from torchvision.transforms.v2 import functional as TF  # ruff: ignore[lowercase-imported-as-non-lowercase]
 
 from anomalib_ext.backbones import create_backbone
 from anomalib_ext.components.embedding import ImageNetNormalize
-from anomalib_ext.components.synthesis import stroke_defect_mask
+from anomalib_ext.components.synthesis import synthesise_defects
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -140,62 +139,6 @@ class RefinementNet(nn.Module):
         """The final map: (1 - ratio) x the map + ratio x the refined map, brought back to the map's units."""
         refined = self.refine(images, anomaly_map) * self.scale
         return (1.0 - self.ratio) * anomaly_map + self.ratio * refined
-
-
-def _augment(image: torch.Tensor, rng: np.random.Generator, max_angle: float) -> torch.Tensor:
-    """The paper's online augmentation of a (3, H, W) image: horizontal flip, rotation, colour change.
-
-    The rotation zooms in just enough (|cos| + |sin|) that no empty corner enters the picture: an empty
-    corner is itself an anomaly to PNI and would teach the refiner to ignore high scores.
-    """
-    if rng.random() < 0.5:
-        image = TF.horizontal_flip(image)
-    angle = float(rng.uniform(-max_angle, max_angle))
-    if angle:
-        zoom = abs(math.cos(math.radians(angle))) + abs(math.sin(math.radians(angle)))
-        image = TF.affine(image, angle=angle, translate=[0, 0], scale=zoom, shear=[0.0, 0.0])
-    image = TF.adjust_brightness(image, float(rng.uniform(0.9, 1.1)))
-    image = TF.adjust_contrast(image, float(rng.uniform(0.9, 1.1)))
-    return TF.adjust_saturation(image, float(rng.uniform(0.9, 1.1))).clamp(0, 1)
-
-
-def synthesise_defects(
-    images: torch.Tensor,
-    indices: torch.Tensor,
-    rng: np.random.Generator,
-    *,
-    max_angle: float = 10.0,
-    normal_share: float = 0.0,
-    sources: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N, 3, H, W) uint8 training images -> images I = (1 - A) I_clean + A I_defect and labels A for ``indices``.
-
-    I_clean is the augmented image at each index; I_defect another training image, augmented on its own
-    and shifted by a random offset (so that on registered images the pasted content differs from what
-    belongs there), or, if ``sources`` (M, 3, H, W) uint8 are given, one of them (content foreign to the
-    set); A is :func:`stroke_defect_mask`. A ``normal_share`` of the images (drawn per image)
-    stay defect-free, A = 0 (not in the paper, whose every training image has a defect); with 0 no extra
-    random number is drawn, so the paper's stream of defects is unchanged.
-    """
-    _, _, h, w = images.shape
-    clean, labels, defects = [], [], []
-    for index in indices.tolist():
-        if normal_share > 0 and rng.random() < normal_share:
-            clean.append(_augment(images[index].float() / 255, rng, max_angle))
-            defects.append(clean[-1])
-            labels.append(torch.zeros(1, h, w))
-            continue
-        if sources is None:
-            other = int(rng.integers(len(images) - 1))
-            other += other >= index  # any image but this one (the caller guarantees two or more)
-            source = _augment(images[other].float() / 255, rng, max_angle)
-        else:
-            source = _augment(sources[int(rng.integers(len(sources)))].float() / 255, rng, max_angle)
-        defects.append(torch.roll(source, (int(rng.integers(h)), int(rng.integers(w))), dims=(1, 2)))
-        clean.append(_augment(images[index].float() / 255, rng, max_angle))
-        labels.append(stroke_defect_mask(h, w, rng))
-    label = torch.stack(labels)
-    return (1 - label) * torch.stack(clean) + label * torch.stack(defects), label
 
 
 def refinement_loss(refined: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
