@@ -92,6 +92,14 @@ def metrics(maps: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, mask:
     }
 
 
+def _model_of(ckpt: str) -> str:
+    """The benchmark model name in a checkpoint path (``.../work/<model>__<set>__<size>__s<seed>/...``)."""
+    for part in Path(ckpt).parts:
+        if part.count("__") >= 3:
+            return part.split("__")[0]
+    return "?"
+
+
 def summarise(paths: list[str]) -> str:
     """Mean ± std over seeds of every (category, variant) in the given JSON files, as a markdown table."""
     import pandas as pd
@@ -100,7 +108,11 @@ def summarise(paths: list[str]) -> str:
     for path in paths:
         report = json.loads(Path(path).read_text(encoding="utf-8"))
         for variant, values in report["variants"].items():
-            rows.append({"dataset": report["category"], "variant": variant, **values})
+            rows.append({
+                "dataset": f"{report['category']} ({_model_of(report['ckpt'])})",
+                "variant": variant,
+                **values,
+            })
     frame = pd.DataFrame(rows)
     wanted = (
         "image_AUROC",
@@ -112,6 +124,9 @@ def summarise(paths: list[str]) -> str:
         "nearest_allowed_defect",
         "refined_term_normal",
         "refined_term_anomalous",
+        "coarse_pixel_AUROC",
+        "refined_alone_pixel_AUROC",
+        "final_pixel_AUROC",
     )
     columns = [c for c in wanted if c in frame.columns]
     grouped = frame.groupby(["dataset", "variant"], sort=False)[columns]
