@@ -196,16 +196,13 @@ def main() -> None:
     mask = torch.stack([mask_at(m, size) for m in test.mask_path]) > 0.5
     labels = torch.tensor((test.label_index == 1).to_numpy())
     mlp, position, paper_tau = model.mlp, model.position, model.score.threshold
-    with torch.no_grad():
-        grid = model.embedding(images[:1]).shape[-2:]
-    # a place is on a defect if the defect mask touches its cell of the feature grid
-    defect_places = F.adaptive_max_pool2d(mask.float(), grid)[:, 0].bool().split(8)
-
     with torch.no_grad():  # the embedding and each place's nearest c*_emb are the same for every variant
         features = [model.embedding(chunk) for chunk in images.split(8)]
         nearest = [  # the same exact k-NN PNI uses (components.memory_bank)
             torch_knn(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets, 1)[1][:, 0] for f in features
         ]
+    # a place is on a defect if the defect mask touches its cell of the feature grid
+    on_defect = F.adaptive_max_pool2d(mask.float(), features[0].shape[-2:])[:, 0].bool().flatten()
 
     def variant(use_mlp: bool, use_position: bool, tau: float | None = None) -> tuple[torch.Tensor, dict]:
         """Coarse maps of a variant, and how selective its p(c | Omega) is.
@@ -216,7 +213,7 @@ def main() -> None:
         model.mlp = mlp if use_mlp else None
         model.position = position if use_position else torch.empty(0)
         model.score.tau = tau
-        maps, share, nearest_allowed, on_defect = [], [], [], []
+        maps, share, nearest_allowed = [], [], []
         try:
             with torch.no_grad():
                 for f, near in zip(features, nearest, strict=True):
@@ -225,16 +222,14 @@ def main() -> None:
                     ok = model.score.allowed(p.permute(0, 2, 3, 1).reshape(-1, p.shape[1]))
                     share.append(ok.float().mean(1))
                     nearest_allowed.append(ok.gather(1, near[:, None]).float()[:, 0])
-                    on_defect.append(defect_places[len(on_defect)].flatten())
         finally:
             model.mlp, model.position, model.score.tau = mlp, position, None
+        nearest_allowed = torch.cat(nearest_allowed)  # places in (image, row, column) order, as on_defect
         stats = {
             "allowed_share": float(torch.cat(share).mean()),
-            "nearest_allowed": float(torch.cat(nearest_allowed).mean()),
+            "nearest_allowed": float(nearest_allowed.mean()),
             # the same at the places a defect covers: where conditioning must exclude the nearest element
-            "nearest_allowed_defect": (
-                float(torch.cat(nearest_allowed)[torch.cat(on_defect)].mean()) if torch.cat(on_defect).any() else None
-            ),
+            "nearest_allowed_defect": float(nearest_allowed[on_defect].mean()) if on_defect.any() else None,
         }
         return torch.cat(maps), stats if (use_mlp or use_position) else {}
 
