@@ -142,7 +142,33 @@ def test_the_refiner_can_fill_its_defects_with_foreign_content(training):
         foreign.fit_refinement(images, epochs=1, batch_size=4, defect_source="no/such/folder")
 
 
-def _lightning_pni():
+def test_the_refiner_can_hold_out_images_and_stop_early(training):
+    images = (training * 255).round().to(torch.uint8)
+    model = _fitted(training, refine=True)
+    history = model.fit_refinement(images, epochs=3, batch_size=2, validation=2, patience=1, learning_rate=1e-3)
+    assert 1 <= len(history.validation_loss) <= 3
+    assert history.best_epoch == min(range(len(history.validation_loss)), key=history.validation_loss.__getitem__)
+    assert model.fit_refinement(images, epochs=1, batch_size=2).validation_loss == []  # the paper's: none held out
+
+
+def test_lightning_pni_passes_the_refiner_schedule_on():
+    from anomalib.data import ImageBatch
+
+    model = _lightning_pni(refine_validation=2, refine_patience=1, refine_epochs=2, refine_learning_rate=1e-3)
+    seen = {}
+    model.model.fit_refinement = lambda images, **kwargs: seen.update(kwargs)
+    for _ in range(2):
+        model.training_step(ImageBatch(image=torch.rand(3, 3, 32, 32)))
+    model.fit()
+    assert {k: seen[k] for k in ("validation", "patience", "epochs", "learning_rate")} == {
+        "validation": 2,
+        "patience": 1,
+        "epochs": 2,
+        "learning_rate": 1e-3,
+    }
+
+
+def _lightning_pni(**kwargs):
     from anomalib_ext.models import PNI
 
     return PNI(
@@ -153,6 +179,7 @@ def _lightning_pni():
         refine_backbone="tf_efficientnet_lite0",
         evaluator=False,
         visualizer=False,
+        **kwargs,
     )
 
 

@@ -124,11 +124,60 @@ def test_training_learns_the_labels_and_is_seeded():
     torch.manual_seed(0)
     images = (127 + 40 * torch.rand(8, 3, 48, 48)).to(torch.uint8)
     images[4:] = 255 - images[4:]  # two kinds of image, so that pasted content differs from the clean one
-    net, losses = _train(images, _blurred_difference, seed=0)
+    net, history = _train(images, _blurred_difference, seed=0)
     assert not net.training and float(net.scale) > 0
-    assert losses[-1] < losses[0]
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.validation_loss == [] and history.best_epoch == 2  # the paper's: every epoch, the last kept
     _, again = _train(images, _blurred_difference, seed=0)
-    assert again == losses
+    assert again == history
+
+
+def _two_kinds(count=12):
+    torch.manual_seed(0)
+    images = (127 + 40 * torch.rand(count, 3, 48, 48)).to(torch.uint8)
+    images[count // 2 :] = 255 - images[count // 2 :]
+    return images
+
+
+@pytest.mark.parametrize("learning_rate", [3e-3, 0.3])
+def test_validation_stops_when_its_loss_stops_falling_and_keeps_the_best_epoch(learning_rate):
+    from anomalib_ext.models.pni.refinement import train_refinement
+
+    torch.manual_seed(0)
+    net = _network()
+    net.reset_new_layers()
+    snapshots = []
+    history = train_refinement(
+        net,
+        _two_kinds(),
+        _blurred_difference,
+        epochs=12,
+        batch_size=4,
+        learning_rate=learning_rate,
+        validation=4,
+        patience=2,
+        on_epoch_end=lambda h: snapshots.append({k: v.clone() for k, v in net.state_dict().items()}),
+        seed=0,
+    )
+    ran = len(history.train_loss)
+    assert len(history.validation_loss) == ran == len(snapshots)
+    assert history.best_epoch == int(np.argmin(history.validation_loss))
+    assert ran == 12 or ran - 1 - history.best_epoch == 2  # all epochs, or stopped 2 epochs after the best
+    kept = net.state_dict()
+    assert all(torch.equal(kept[k], v) for k, v in snapshots[history.best_epoch].items())  # the best epoch's weights
+    if learning_rate == 0.3:  # far too high: the validation loss cannot keep falling for 12 epochs
+        assert ran < 12
+
+
+def test_validation_settings_are_checked():
+    from anomalib_ext.models.pni.refinement import train_refinement
+
+    images = _two_kinds(6)
+    for validation in (1, 5):  # each part needs two images (one is pasted into the other)
+        with pytest.raises(ValueError, match="holds out 2 to N - 2"):
+            train_refinement(_network(), images, _blurred_difference, validation=validation)
+    with pytest.raises(ValueError, match="patience"):
+        train_refinement(_network(), images, _blurred_difference, validation=2, patience=0)
 
 
 def test_training_needs_two_images():

@@ -45,6 +45,11 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refine_backbone, refine_backbone_weights, refine_ratio, refine_scale, refine_epochs, refine_batch_size:
             its encoder, the share of the refined map (paper 0.1), its resolution as a fraction of the
             image's (paper 1.0), epochs (paper 3) and batch size (paper 8).
+        refine_learning_rate: the refiner's Adam learning rate (paper 1e-4).
+        refine_validation: training images held out from the refiner's training to stop it when its loss on
+            their synthetic defects stops falling (0 = the paper's fixed epochs; else ``refine_epochs`` is the
+            most, and the best epoch's weights are kept). The other parts still use every training image.
+        refine_patience: epochs without a better validation loss before the refiner's training stops.
         refine_normal_share: share of the refiner's training images left defect-free (0 = the paper's: every
             one has a synthetic defect).
         refine_defect_source: what fills the refiner's synthetic defects: None, other training images of
@@ -84,6 +89,9 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         image_score: str = "final",
         refine_epochs: int = 3,
         refine_batch_size: int = 8,
+        refine_learning_rate: float = 1e-4,
+        refine_validation: int = 0,
+        refine_patience: int = 2,
         refine_normal_share: float = 0.0,
         refine_defect_source: str | None = None,
         seed: int = 0,
@@ -125,6 +133,9 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         )
         self.refine_epochs = refine_epochs
         self.refine_batch_size = refine_batch_size
+        self.refine_learning_rate = refine_learning_rate
+        self.refine_validation = refine_validation
+        self.refine_patience = refine_patience
         self.refine_normal_share = refine_normal_share
         self.refine_defect_source = refine_defect_source
         self.mlp_epochs = mlp_epochs
@@ -161,6 +172,9 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
                     torch.cat(self._images),
                     epochs=self.refine_epochs,
                     batch_size=self.refine_batch_size,
+                    learning_rate=self.refine_learning_rate,
+                    validation=self.refine_validation,
+                    patience=self.refine_patience,
                     normal_share=self.refine_normal_share,
                     defect_source=self.refine_defect_source,
                     seed=self.seed,

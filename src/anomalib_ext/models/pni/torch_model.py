@@ -12,6 +12,7 @@ training images (:meth:`PNIModel.fit_refinement`).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
@@ -32,6 +33,11 @@ from anomalib_ext.models.pni.distributions import (
     train_neighbourhood_mlp,
 )
 from anomalib_ext.models.pni.refinement import RefinementNet, train_refinement
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from anomalib_ext.models.pni.refinement import RefinementHistory
 
 logger = logging.getLogger(__name__)
 
@@ -222,32 +228,42 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         *,
         epochs: int,
         batch_size: int = 8,
+        learning_rate: float = 1e-4,
+        validation: int = 0,
+        patience: int = 2,
         normal_share: float = 0.0,
         defect_source: str | None = None,
         seed: int = 0,
-    ) -> None:
+        on_epoch_end: Callable[[RefinementHistory], None] | None = None,
+    ) -> RefinementHistory | None:
         """Train the refinement network on synthetic defects of the (N, 3, H, W) uint8 training images.
 
         ``normal_share`` of them stay defect-free (see :func:`train_refinement`; 0 = the paper's). The
         defects are filled with other training images (``defect_source=None``) or with foreign content:
         ``noise`` or a folder of images (:func:`foreign_content`; the paper draws from all of MVTec AD).
+        ``validation`` images are held out to stop the training when their loss stops falling. Returns
+        the loss history (None without a refiner).
         """
         if self.refiner is None:
-            return
+            return None
         with torch.inference_mode(mode=False), torch.enable_grad():  # see fit(): Lightning calls it in inference mode
             torch.manual_seed(seed)  # the new layers' weights: the same seed gives the same refiner
             self.refiner.reset_new_layers()
             sources = None
             if defect_source is not None:
                 sources = foreign_content(defect_source, FOREIGN_SOURCES, tuple(images.shape[-2:]), seed=seed)
-            train_refinement(
+            return train_refinement(
                 self.refiner,
                 images.clone(),
                 self.coarse_map,
                 epochs=epochs,
                 batch_size=batch_size,
+                learning_rate=learning_rate,
+                validation=validation,
+                patience=patience,
                 normal_share=normal_share,
                 sources=sources,
+                on_epoch_end=on_epoch_end,
                 seed=seed,
             )
 
