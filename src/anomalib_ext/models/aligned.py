@@ -25,9 +25,10 @@ from typing import Any
 import torch
 from anomalib.data import Batch
 from anomalib.models import Patchcore
+from torchvision.transforms.v2 import Normalize
 
 from anomalib_ext.data.mvtec_like import resize_like_preprocessor
-from anomalib_ext.export_format import model_input_size
+from anomalib_ext.export_format import model_input_size, pre_processor_steps
 from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.base import HostStepsMixin
 from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, orb_settings, to_uint8_hwc
@@ -82,11 +83,39 @@ class AlignedMixin(HostStepsMixin):
         candidates = [dataset[i].image.float()[None] for i in range(min(REFERENCE_CANDIDATES, len(dataset)))]
         self._set_reference([(resize_like_preprocessor(c, size) if size else c)[0] for c in candidates])
 
+    def _batch_normalization(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(1, C, 1, 1) mean and std of the ``Normalize`` in the pre-processor, if any (as ``like``'s dtype/device).
+
+        anomalib's PreProcessor applies its whole transform (Patchcore: resize *and* ImageNet normalisation) to
+        the batch before ``training_step`` / ``test_step``, but ORB, the agreement check and the reference fill
+        work on pixels in [0, 1]: a normalised image clamped to [0, 1] loses most of its print.
+        """
+        for step in pre_processor_steps(self):
+            if isinstance(step, Normalize):
+                mean, std = (torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in (step.mean, step.std))
+                return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+        return None
+
+    def prepare_batch_images(self, images: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        """Align images as the PreProcessor left them: back to [0, 1] for the aligner, normalised again after.
+
+        The exported graph is unaffected: there the host step runs on [0, 1] images before the graph's
+        normalisation (see ``predict_end_to_end``).
+        """
+        stats = self._batch_normalization(images)
+        if stats is None:
+            return self.host_steps().prepare(images)
+        mean, std = stats
+        aligned, states = self.host_steps().prepare(images * std + mean)
+        return (aligned - mean) / std, states
+
     def training_step(self, batch: Batch, *args, **kwargs) -> Any:  # ruff: ignore[any-type] - the wrapped model's
         """Align the batch (reference: see :meth:`on_train_start`), then the wrapped model's training step."""
         if self.align_reference.numel() == 0:
-            self._set_reference(list(batch.image[:REFERENCE_CANDIDATES]))
-        aligned, _ = self.host_steps().prepare(batch.image)
+            stats = self._batch_normalization(batch.image)
+            first = batch.image[:REFERENCE_CANDIDATES]
+            self._set_reference(list(first if stats is None else first * stats[1] + stats[0]))
+        aligned, _ = self.prepare_batch_images(batch.image)
         return super().training_step(batch.update(image=aligned), *args, **kwargs)
 
     def on_train_epoch_end(self) -> None:

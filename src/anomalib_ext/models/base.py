@@ -39,12 +39,19 @@ class HostStepsMixin:
         """The steps around the network (none by default)."""
         return HostPipeline()
 
+    def prepare_batch_images(self, images: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
+        """Host ``prepare`` on (B, 3, H, W) images as anomalib's PreProcessor hands them to the ``*_step`` methods.
+
+        Models whose pre-processor only resizes see images in [0, 1] here; a model whose pre-processor also
+        normalises overrides this (:class:`anomalib_ext.models.aligned.AlignedMixin`).
+        """
+        return self.host_steps().prepare(images)
+
     def predict_raw(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw ``pred_score`` and ``anomaly_map`` (input frame) for (B, 3, H, W) images in [0, 1]."""
-        steps = self.host_steps()
-        prepared, states = steps.prepare(images)
+        """Raw ``pred_score`` and ``anomaly_map`` (input frame) for (B, 3, H, W) images from the PreProcessor."""
+        prepared, states = self.prepare_batch_images(images)
         output = self.model(prepared)
-        return {"pred_score": output.pred_score, "anomaly_map": steps.restore(output.anomaly_map, states)}
+        return {"pred_score": output.pred_score, "anomaly_map": self.host_steps().restore(output.anomaly_map, states)}
 
     def predict_end_to_end(self, images: torch.Tensor) -> InferenceBatch:
         """Normalised scores and maps as the deployed model gives them (see :func:`host_steps.predict_end_to_end`)."""
