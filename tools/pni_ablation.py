@@ -74,11 +74,18 @@ def aupro(maps: torch.Tensor, masks: torch.Tensor) -> float:
     return float(metric.compute())
 
 
-def load(ckpt: str) -> torch.nn.Module:
+def load(ckpt: str, name: str = "PNI") -> torch.nn.Module:
     """The PNIModel of a checkpoint, loaded strictly through the deploy layer (tools never import models)."""
-    from anomalib_ext.deploy.checkpoint import load_model
+    return load_with_host_steps(ckpt, name)[0]
 
-    return load_model("PNI", ckpt).eval().model
+
+def load_with_host_steps(ckpt: str, name: str = "PNI") -> tuple[torch.nn.Module, object]:
+    """The PNIModel of a ``name`` checkpoint and the host steps around it (AlignedPNI: ``align``; PNI: none)."""
+    from anomalib_ext.deploy.checkpoint import load_model
+    from anomalib_ext.host_steps import host_steps_of
+
+    module = load_model(name, ckpt).eval()
+    return module.model, host_steps_of(module)
 
 
 def metrics(maps: torch.Tensor, image: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> dict:
@@ -140,7 +147,7 @@ def summarise(paths: list[str]) -> str:
     return "\n".join(lines)
 
 
-def synthetic_check(model: torch.nn.Module, samples, size: tuple[int, int], count: int = 32) -> dict:
+def synthetic_check(model: torch.nn.Module, samples, size: tuple[int, int], steps=None, count: int = 32) -> dict:
     """Has the refiner learnt its own task? Pixel AUROC / AP on fresh synthetic defects of training images.
 
     The refiner's training data (components.synthesis.synthesise_defects, the set's own content) drawn anew
@@ -154,7 +161,10 @@ def synthetic_check(model: torch.nn.Module, samples, size: tuple[int, int], coun
     from anomalib_ext.data.mvtec_like import read_resized
 
     train = samples[samples.split == "train"].sort_values("image_path").image_path.head(count)
-    canvases = (torch.cat([read_resized(p, size) for p in train]) * 255).round().to(torch.uint8)
+    canvases = torch.cat([read_resized(p, size) for p in train])
+    if steps:  # AlignedPNI's refiner was trained on aligned training images
+        canvases = steps.prepare(canvases)[0]
+    canvases = (canvases * 255).round().to(torch.uint8)
     synthetic, label = synthesise_defects(canvases, torch.arange(len(canvases)), np.random.default_rng(12345))
     with torch.no_grad():
         coarse = torch.cat([model.coarse_map(chunk) for chunk in synthetic.split(8)])
@@ -173,6 +183,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summary", nargs="+", metavar="JSON", help="only print the mean ± std table of these reports")
     parser.add_argument("--ckpt")
+    parser.add_argument(
+        "--model",
+        default="PNI",
+        help="the checkpoint's class: PNI, or AlignedPNI (test images aligned first, maps scored in their own frame)",
+    )
     parser.add_argument("--root", default="../shared/data")
     parser.add_argument("--category")
     parser.add_argument("--size", type=int, default=256)
@@ -188,11 +203,18 @@ def main() -> None:
     from anomalib_ext.components.memory_bank import torch_knn
     from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_resized
 
-    model = load(args.ckpt)
+    model, steps = load_with_host_steps(args.ckpt, args.model)
     samples = make_mvtec_like_samples(Path(args.root) / args.category, args.category)
     test = samples[samples.split == "test"].reset_index(drop=True)
     size = (args.size, args.size)
     images = torch.cat([read_resized(p, size) for p in test.image_path])
+    # AlignedPNI: every variant sees the aligned images and its maps go back to each input's frame before
+    # scoring, as the benchmark's test step does (masks stay in the input frame).
+    images, states = steps.prepare(images)
+
+    def to_input_frame(maps: torch.Tensor) -> torch.Tensor:
+        return steps.restore(maps, states) if steps else maps
+
     mask = torch.stack([mask_at(m, size) for m in test.mask_path]) > 0.5
     labels = torch.tensor((test.label_index == 1).to_numpy())
     mlp, position, paper_tau = model.mlp, model.position, model.score.threshold
@@ -201,7 +223,8 @@ def main() -> None:
         nearest = [  # the same exact k-NN PNI uses (components.memory_bank)
             torch_knn(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets, 1)[1][:, 0] for f in features
         ]
-    # a place is on a defect if the defect mask touches its cell of the feature grid
+    # a place is on a defect if the defect mask touches its cell of the feature grid (AlignedPNI: the mask's
+    # input-frame cell, off by the small pose change: a rough figure there)
     on_defect = F.adaptive_max_pool2d(mask.float(), features[0].shape[-2:])[:, 0].bool().flatten()
 
     def variant(use_mlp: bool, use_position: bool, tau: float | None = None) -> tuple[torch.Tensor, dict]:
@@ -237,6 +260,11 @@ def main() -> None:
         with torch.no_grad():
             return torch.cat([model.refiner(i, c) for i, c in zip(images.split(8), coarse.split(8), strict=True)])
 
+    def scored(maps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Maps in the input frame and their image scores (the map maximum), as the benchmark scores them."""
+        maps = to_input_frame(maps)
+        return maps, maps.flatten(1).amax(1)
+
     rows: dict[str, dict] = {}
     for name, use_mlp, use_position in (
         ("neither", False, False),
@@ -245,31 +273,31 @@ def main() -> None:
         ("both", True, True),
     ):
         maps, stats = variant(use_mlp, use_position)
-        rows[name] = metrics(maps, maps.flatten(1).amax(1), labels, mask) | stats
-    coarse = maps  # "both"
+        rows[name] = metrics(*scored(maps), labels, mask) | stats
+    coarse = maps  # "both", in the model's frame (the refiner's input)
     if model.refiner is not None:
         final = refined(coarse)
-        rows["both+refine"] = metrics(final, final.flatten(1).amax(1), labels, mask)
-        rows["both+refine/coarse-image"] = metrics(final, coarse.flatten(1).amax(1), labels, mask)
-        added = final.flatten(1).amax(1) - coarse.flatten(1).amax(1)
+        rows["both+refine"] = metrics(*scored(final), labels, mask)
+        rows["both+refine/coarse-image"] = metrics(scored(final)[0], scored(coarse)[1], labels, mask)
+        added = scored(final)[1] - scored(coarse)[1]
         rows["both+refine"]["max_added_normal"] = float(added[~labels].mean())
         rows["both+refine"]["max_added_anomalous"] = float(added[labels].mean())
         # The final map is (1 - ratio) x coarse + ratio x scale x refined: scaling every map by (1 - ratio)
         # cannot change a ranking, so what moves the image AUROC is the refined term at the maximum.
-        term = final.flatten(1).amax(1) - (1 - model.refiner.ratio) * coarse.flatten(1).amax(1)
+        term = scored(final)[1] - (1 - model.refiner.ratio) * scored(coarse)[1]
         rows["both+refine"]["refined_term_normal"] = float(term[~labels].mean())
         rows["both+refine"]["refined_term_anomalous"] = float(term[labels].mean())
         with torch.no_grad():  # the refiner's own [0, 1] map, as if it were the detector
             alone = torch.cat([
                 model.refiner.refine(i, c) for i, c in zip(images.split(8), coarse.split(8), strict=True)
             ])
-        rows["refined-alone"] = metrics(alone, alone.flatten(1).amax(1), labels, mask)
-        rows["synthetic"] = synthetic_check(model, samples, size)
+        rows["refined-alone"] = metrics(*scored(alone), labels, mask)
+        rows["synthetic"] = synthetic_check(model, samples, size, steps)
     for multiple in args.taus:
         maps, stats = variant(use_mlp=True, use_position=True, tau=multiple * paper_tau)
         if model.refiner is not None:
             maps = refined(maps)
-        rows[f"tau={multiple:g}"] = metrics(maps, maps.flatten(1).amax(1), labels, mask) | stats
+        rows[f"tau={multiple:g}"] = metrics(*scored(maps), labels, mask) | stats
     report = {
         "ckpt": args.ckpt,
         "category": args.category,

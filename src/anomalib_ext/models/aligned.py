@@ -46,10 +46,18 @@ class AlignedMixin(HostStepsMixin):
 
     align_reference: torch.Tensor
 
-    def _init_alignment(self, orb: ORBSettings | dict[str, Any], reference: str, *, fill_from_reference: bool) -> None:
+    def _init_alignment(
+        self,
+        orb: ORBSettings | dict[str, Any],
+        reference: str,
+        *,
+        fill_from_reference: bool,
+        match_fill_light: bool = False,
+    ) -> None:
         self.orb = orb_settings(orb)
         self.reference_mode = reference
         self.fill_from_reference = fill_from_reference
+        self.match_fill_light = match_fill_light
         self.register_buffer("align_reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) once trained
         self._host_steps: HostPipeline | None = None
 
@@ -63,6 +71,7 @@ class AlignedMixin(HostStepsMixin):
                 self.align_reference.cpu().numpy(),
                 self.orb,
                 fill_from_reference=self.fill_from_reference,
+                match_fill_light=self.match_fill_light,
             )
             self._host_steps = HostPipeline([step])
         return self._host_steps
@@ -147,6 +156,7 @@ class AlignedPatchcore(AlignedMixin, Patchcore):
         orb: alignment settings (:class:`ORBSettings`; default: guided ORB matching with the agreement check).
         reference: ``best`` (the image of the first batch the others align to best) or ``first``.
         fill_from_reference: show the reference where an aligned image has no pixels (outside its borders).
+        match_fill_light: light that fill as each photograph is lit (no light step at the seam).
         **kwargs: anomalib's Patchcore arguments (backbone, layers, coreset_sampling_ratio, ...).
     """
 
@@ -156,16 +166,18 @@ class AlignedPatchcore(AlignedMixin, Patchcore):
         orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
         reference: str = "best",
         fill_from_reference: bool = True,
+        match_fill_light: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference)
+        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference, match_fill_light=match_fill_light)
 
 
 def aligned(model_class: type) -> type:
     """``Aligned<Model>``: the anomalib model class ``model_class`` behind the ``align`` host step.
 
-    The returned class takes the model's arguments plus ``orb``, ``reference`` and ``fill_from_reference``.
+    The returned class takes the model's arguments plus ``orb``, ``reference``, ``fill_from_reference`` and
+    ``match_fill_light``.
     It is built at run time, so nothing can import it by name: load its checkpoints with
     ``cls.load_from_checkpoint`` on the class object you made; for anomalib's CLI (class paths in YAML) use
     a module-level class such as :class:`AlignedPatchcore`.
@@ -177,10 +189,11 @@ def aligned(model_class: type) -> type:
         orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
         reference: str = "best",
         fill_from_reference: bool = True,
+        match_fill_light: bool = False,
         **kwargs,
     ) -> None:
         model_class.__init__(self, **kwargs)
-        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference)
+        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference, match_fill_light=match_fill_light)
 
     name = f"Aligned{model_class.__name__}"
     return type(name, (AlignedMixin, model_class), {"__init__": init, "__doc__": f"{name}: see aligned()."})

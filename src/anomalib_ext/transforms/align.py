@@ -451,6 +451,39 @@ def warp_onto(
     )
 
 
+LIGHT_GRID = 32  # cells per side of the light fit: coarse enough that print edges and noise average out
+LIGHT_GAIN_LIMITS = (0.5, 2.0)  # a fitted gain outside these is a bad fit (too little seen), not light
+
+
+def fill_light_gain(aligned: np.ndarray, reference: np.ndarray, outside: np.ndarray) -> np.ndarray | None:
+    """HxWx3 gain that lights ``reference`` as the photograph in ``aligned`` is lit; None if too little is seen.
+
+    Light is modelled per channel as a planar field of log gain (a global level and a linear gradient: the
+    smooth light fall-off of a photograph; fine structure is the print, not light). It is fitted by least
+    squares on a ``LIGHT_GRID`` grid of cell means where the cell is fully seen (``outside`` == 0), then
+    once more without the worst fifth of the cells (misregistered print edges, defects).
+    """
+    h, w = outside.shape
+    seen = cv2.resize(1.0 - outside.astype(np.float32), (LIGHT_GRID, LIGHT_GRID), interpolation=cv2.INTER_AREA) > 0.999
+    if seen.sum() < LIGHT_GRID:  # less than a row's worth of seen cells: no trustworthy fit
+        return None
+    cells = (LIGHT_GRID, LIGHT_GRID)
+    ratio = np.log(cv2.resize(aligned, cells, interpolation=cv2.INTER_AREA) + 1e-3) - np.log(
+        cv2.resize(reference, cells, interpolation=cv2.INTER_AREA) + 1e-3
+    )
+    centres = (np.arange(LIGHT_GRID) + 0.5) / LIGHT_GRID - 0.5
+    yy, xx = np.meshgrid(centres, centres, indexing="ij")
+    design = np.stack([np.ones_like(xx), xx, yy], -1)[seen]  # (n, 3)
+    target = ratio[seen]  # (n, 3 channels)
+    coefficients = np.linalg.lstsq(design, target, rcond=None)[0]
+    residual = np.abs(design @ coefficients - target).max(1)
+    keep = residual <= np.quantile(residual, 0.8)
+    coefficients = np.linalg.lstsq(design[keep], target[keep], rcond=None)[0]  # (3 terms, 3 channels)
+    ys, xs = (np.arange(h) + 0.5) / h - 0.5, (np.arange(w) + 0.5) / w - 0.5
+    log_gain = coefficients[0] + xs[None, :, None] * coefficients[1] + ys[:, None, None] * coefficients[2]
+    return np.clip(np.exp(log_gain), *LIGHT_GAIN_LIMITS).astype(np.float32)
+
+
 def warp_tensor(
     tensor: torch.Tensor,
     homography: np.ndarray,
@@ -546,6 +579,9 @@ class BatchAligner:
         mark_unseen: write :data:`UNSEEN` there instead (float images only), for a model that fills the
             reference in itself and also wants to know which pixels the photograph did not show
             (:meth:`anomalib_ext.models.amfs.torch_model.AMFSModel.fill_unseen`).
+        match_fill_light: light the reference fill as the photograph is lit (:func:`fill_light_gain`), so the
+            seam between photo and fill has no light step (each photograph has its own light). Needs
+            ``fill_from_reference`` and no ``mark_unseen``.
     """
 
     def __init__(
@@ -555,7 +591,12 @@ class BatchAligner:
         *,
         fill_from_reference: bool = True,
         mark_unseen: bool = False,
+        match_fill_light: bool = False,
     ) -> None:
+        if match_fill_light and (not fill_from_reference or mark_unseen):
+            msg = "match_fill_light lights the reference fill: it needs fill_from_reference=True and no mark_unseen."
+            raise ValueError(msg)
+        self.match_fill_light = match_fill_light
         self.reference = ReferenceFeatures(reference, settings)
         image = np.ascontiguousarray(reference if isinstance(reference, np.ndarray) else to_uint8_hwc(reference))
         self.fill = torch.from_numpy(image).permute(2, 0, 1).float().div(255) if fill_from_reference else None
@@ -614,6 +655,11 @@ class BatchAligner:
         image costs one copy of it instead of a conversion (this is inside the deployed latency).
         """
         warped = warp_onto(image, homography, self._below.copy())
+        if self.match_fill_light:
+            outside = self._outside_photo(homography, image.shape[:2])
+            gain = fill_light_gain(warped, self._below, outside)
+            if gain is not None:
+                cv2.copyTo(self._below * gain, outside, warped)  # in place, outside the photo only
         if self.mark_unseen:
             cv2.copyTo(self._marks, self._outside_photo(homography, image.shape[:2]), warped)  # in place
         return torch.from_numpy(warped).permute(2, 0, 1).contiguous()
@@ -663,16 +709,19 @@ class AlignmentStep(HostStep):
         *,
         fill_from_reference: bool = True,
         mark_unseen: bool = False,
+        match_fill_light: bool = False,
     ) -> None:
         self.reference_image = np.ascontiguousarray(reference)  # (H, W, 3) uint8 RGB
         self.settings = settings
         self.fill_from_reference = fill_from_reference
         self.mark_unseen = mark_unseen
+        self.match_fill_light = match_fill_light
         self.aligner = BatchAligner(
             self.reference_image,
             settings,
             fill_from_reference=fill_from_reference,
             mark_unseen=mark_unseen,
+            match_fill_light=match_fill_light,
         )
 
     def prepare(self, images: torch.Tensor) -> tuple[torch.Tensor, list[np.ndarray]]:
@@ -700,6 +749,7 @@ class AlignmentStep(HostStep):
             "reference": self.REFERENCE_FILE,
             "fill_from_reference": self.fill_from_reference,
             "mark_unseen": self.mark_unseen,
+            "match_fill_light": self.match_fill_light,
             "orb": dataclasses.asdict(self.settings),
         }
 
@@ -720,6 +770,7 @@ class AlignmentStep(HostStep):
             settings,
             fill_from_reference=config.get("fill_from_reference", False),
             mark_unseen=config.get("mark_unseen", False),  # exports older than the option never marked
+            match_fill_light=config.get("match_fill_light", False),  # nor lit the fill
         )
 
 

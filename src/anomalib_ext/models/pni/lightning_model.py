@@ -198,6 +198,7 @@ class AlignedPNI(AlignedMixin, PNI):
         orb: alignment settings (:class:`ORBSettings` or a mapping of its fields).
         reference: ``best`` or ``first`` (see :class:`anomalib_ext.models.aligned.AlignedMixin`).
         fill_from_reference: show the reference where an aligned image has no pixels.
+        match_fill_light: light that fill as each photograph is lit (no light step at the seam).
         **kwargs: PNI's arguments.
     """
 
@@ -207,7 +208,8 @@ class AlignedPNI(AlignedMixin, PNI):
         orb: ORBSettings | dict[str, Any] = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
         reference: str = "best",
         fill_from_reference: bool = True,
+        match_fill_light: bool = False,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference)
+        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference, match_fill_light=match_fill_light)
