@@ -220,8 +220,11 @@ def main() -> None:
     mlp, position, paper_tau = model.mlp, model.position, model.score.threshold
     with torch.no_grad():  # the embedding and each place's nearest c*_emb are the same for every variant
         features = [model.embedding(chunk) for chunk in images.split(8)]
-        nearest = [  # the same exact k-NN PNI uses (components.memory_bank)
-            torch_knn(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets, 1)[1][:, 0] for f in features
+        nearest = [  # the same exact k-NN PNI uses (components.memory_bank); as the C_dist element it is allowed by
+            model.score.clusters[
+                torch_knn(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), model.score.targets, 1)[1][:, 0]
+            ]
+            for f in features
         ]
     # a place is on a defect if the defect mask touches its cell of the feature grid (AlignedPNI: the mask's
     # input-frame cell, off by the small pose change: a rough figure there)

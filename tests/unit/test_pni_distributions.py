@@ -123,6 +123,31 @@ def test_score_is_the_distance_to_the_nearest_allowed_element():
     assert score(features, only_second).item() == pytest.approx((9**2 + 10**2) ** 0.5)
 
 
+def test_the_embedding_bank_scores_every_c_emb_element_through_its_c_dist_element():
+    # The authors' code: all of C_emb are targets; each is allowed where its nearest C_dist element is.
+    embedding_coreset = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    distribution_coreset = torch.tensor([[0.4, 0.3], [9.0, 9.5], [1.0, 9.0]])  # C_emb rows 0, 1+3, 2 nearest
+    score = PNIScore(bank="embedding")
+    score.fit(distribution_coreset, embedding_coreset)
+    assert torch.equal(score.targets, embedding_coreset) and score.clusters.tolist() == [0, 1, 2, 1]
+    assert score.num_clusters == 3 and score.threshold == pytest.approx(1 / 6)
+    features = torch.tensor([[9.0, 0.0]]).reshape(1, 2, 1, 1)  # 1 from C_emb row 1, which C_dist alone lacks
+    everywhere = torch.full((1, 3, 1, 1), 1 / 3)
+    assert score(features, everywhere).item() == pytest.approx(1.0)
+    assert _score()(features, everywhere).item() == pytest.approx(9.0)  # the printed Eq. 7: C_dist's targets only
+    only_first = torch.tensor([0.9, 0.05, 0.05]).reshape(1, 3, 1, 1)  # row 1 (cluster 1) now below tau
+    assert score(features, only_first).item() == pytest.approx(9.0)
+
+
+def test_checkpoints_without_clusters_load_as_the_distribution_bank():
+    state = {"targets": torch.randn(5, 2)}  # a checkpoint from before the bank option
+    score = PNIScore()
+    score.load_state_dict(state)
+    assert score.clusters.tolist() == [0, 1, 2, 3, 4] and score.num_clusters == 5
+    with pytest.raises(ValueError, match="bank"):
+        PNIScore(bank="coreset")
+
+
 def test_the_most_probable_element_counts_when_none_passes_tau():
     score = _score(tau=0.9)  # above every probability below
     features = torch.tensor([[1.0, 0.0]]).reshape(1, 2, 1, 1)

@@ -93,21 +93,42 @@ def test_refinement_blends_a_tenth_of_the_refined_map_into_the_map(training):
         _model(image_score="refined")
 
 
+class _Scores(torch.nn.Module):
+    """The image scores of a PNIModel: a traceable module (parameters stay parameters, not constants)."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images):
+        return self.model(images).pred_score
+
+
+def _assert_traces_with_any_batch(model, images):
+    with torch.no_grad():
+        traced = torch.jit.trace(_Scores(model).eval(), images[:2], check_trace=False)
+        assert torch.allclose(traced(images[:4]), model(images[:4]).pred_score, atol=1e-4)
+
+
 @pytest.mark.parametrize("refine", [False, True])
 def test_eval_graph_traces_with_any_batch(training, refine):
-    model = _fitted(training, refine=refine)
+    _assert_traces_with_any_batch(_fitted(training, refine=refine), training)
 
-    class Scores(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.model = model
 
-        def forward(self, images):
-            return self.model(images).pred_score
-
+def test_the_embedding_bank_scores_against_all_of_c_emb_traces_and_reloads(training):
+    model = _fitted(training, score_bank="embedding", use_neighbourhood=False, use_position=False)
+    assert model.score.targets.shape[0] == int(6 * 8 * 8 * 0.2) and model.score.num_clusters == 16
     with torch.no_grad():
-        traced = torch.jit.trace(Scores().eval(), training[:2], check_trace=False)
-        assert torch.allclose(traced(training[:4]), model(training[:4]).pred_score, atol=1e-4)
+        features = model.embedding(training[:2])
+        patch = model.patch_scores(training[:2])
+    nearest = torch.cdist(features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]), model.score.targets).amin(1)
+    assert torch.allclose(patch.flatten(), nearest, atol=1e-3)  # neither distribution: PatchCore on C_emb
+    model = _fitted(training, score_bank="embedding")
+    _assert_traces_with_any_batch(model, training)
+    fresh = _model(score_bank="embedding").eval()
+    fresh.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh(training[:2]).pred_score, model(training[:2]).pred_score)
 
 
 def test_a_fitted_state_dict_loads_into_a_fresh_model(training):

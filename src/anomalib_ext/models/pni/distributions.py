@@ -8,7 +8,8 @@ C_dist would be normal here, given the place x (position model) and the features
     S(x) = -log max_c exp(-lambda |phi(x) - c*_emb|) T(p(c | Omega), tau)          (Eq. 11)
          = lambda * min over {c : p(c | Omega) > tau} of |phi(x) - c*_emb|
 
-with c*_emb the nearest element of the large embedding coreset C_emb to c (Eq. 7). Everything here is
+with c*_emb the nearest element of the large embedding coreset C_emb to c (Eq. 7; :class:`PNIScore` also
+offers the authors' code's reading, every C_emb element scored through its C_dist element). Everything here is
 vectorised over images and positions (the official code loops over positions and coreset elements in
 Python and needs ~20 s per image): neighbourhoods come from one ``unfold``, the position histogram from
 one ``bincount`` and one box filter, the score from one batched distance matrix.
@@ -189,6 +190,9 @@ def position_histogram(indices: torch.Tensor, num_classes: int, size: int) -> to
     return window / window.sum(0, keepdim=True).clamp_min(1)
 
 
+SCORE_BANKS = ("distribution", "embedding")
+
+
 class PNIScore(DynamicBufferMixin, nn.Module):
     """S(x) from patch features and p(c | Omega): the distance to the nearest allowed c*_emb.
 
@@ -197,23 +201,49 @@ class PNIScore(DynamicBufferMixin, nn.Module):
             None). The most probable element is always allowed: with tau >= 1 / |C_dist| a place may have
             no element above it, and it is then scored against its most probable normal feature.
         scale: lambda of Eq. 11 (paper 1): the score is lambda times a distance.
+        bank: what a patch is compared with. ``distribution``: Eq. 7 as printed, c*_emb = the nearest C_emb
+            element of each c in C_dist, which is c itself since C_dist is drawn from C_emb: |C_dist|
+            targets. ``embedding``: the authors' code, every C_emb element, allowed where the C_dist element
+            nearest to it is: |C_emb| targets (1% of the patches, PatchCore's bank, against 2048).
     """
 
-    def __init__(self, tau: float | None = None, scale: float = 1.0) -> None:
+    def __init__(self, tau: float | None = None, scale: float = 1.0, bank: str = "distribution") -> None:
         super().__init__()
+        if bank not in SCORE_BANKS:
+            msg = f"The PNI score bank must be one of {SCORE_BANKS}, got {bank!r}."
+            raise ValueError(msg)
         self.tau = tau
         self.scale = scale
-        self.register_buffer("targets", torch.empty(0))  # (|C_dist|, D): c*_emb of every C_dist element
+        self.bank = bank
+        self.register_buffer("targets", torch.empty(0))  # (M, D): what patches are compared with
+        self.register_buffer("clusters", torch.empty(0, dtype=torch.long))  # (M,): each target's C_dist element
 
     def fit(self, distribution_coreset: torch.Tensor, embedding_coreset: torch.Tensor) -> None:
-        """c*_emb (Eq. 7): for each C_dist element, its nearest C_emb element."""
-        nearest = torch_knn(distribution_coreset, embedding_coreset, 1)[1][:, 0]
-        self.targets = embedding_coreset[nearest].clone()
+        """The targets and their C_dist elements (see ``bank``)."""
+        if self.bank == "embedding":
+            self.targets = embedding_coreset.clone()
+            self.clusters = torch_knn(embedding_coreset, distribution_coreset, 1)[1][:, 0].clone()
+        else:  # Eq. 7: for each C_dist element, its nearest C_emb element
+            nearest = torch_knn(distribution_coreset, embedding_coreset, 1)[1][:, 0]
+            self.targets = embedding_coreset[nearest].clone()
+            self.clusters = torch.arange(len(distribution_coreset), device=distribution_coreset.device)
+
+    def _load_from_state_dict(self, state_dict: dict[str, torch.Tensor], prefix: str, *args, **kwargs) -> None:
+        """Checkpoints from before ``bank`` have no ``clusters``: theirs is the ``distribution`` bank."""
+        targets, clusters = prefix + "targets", prefix + "clusters"
+        if targets in state_dict and clusters not in state_dict:
+            state_dict[clusters] = torch.arange(len(state_dict[targets]), device=state_dict[targets].device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def num_clusters(self) -> int:
+        """|C_dist|: the number of elements p(c | Omega) is a distribution over."""
+        return int(self.clusters.max()) + 1 if self.clusters.numel() else 0
 
     @property
     def threshold(self) -> float:
         """The tau in use (the paper's 1 / (2 |C_dist|) unless set)."""
-        return self.tau if self.tau is not None else 1.0 / (2 * self.targets.shape[0])
+        return self.tau if self.tau is not None else 1.0 / (2 * self.num_clusters)
 
     def allowed(self, probabilities: torch.Tensor) -> torch.Tensor:
         """(N, |C_dist|) p(c | Omega) per place -> which elements a place is scored against (the fallback included)."""
@@ -223,9 +253,11 @@ class PNIScore(DynamicBufferMixin, nn.Module):
         """(B, D, h, w) features, (B, |C_dist|, h, w) p(c | Omega) -> (B, 1, h, w) scores."""
         b, d, h, w = features.shape
         queries = features.permute(0, 2, 3, 1).reshape(1, -1, d)
-        distances = squared_distances(queries, self.targets[None])[0].sqrt()  # (B*h*w, K)
-        p = probabilities.permute(0, 2, 3, 1).reshape(-1, distances.shape[1])
-        nearest = torch.where(self.allowed(p), distances, distances.new_tensor(NOT_ALLOWED)).amin(1)
+        distances = squared_distances(queries, self.targets[None])[0].sqrt()  # (B*h*w, M)
+        allowed = self.allowed(probabilities.permute(0, 2, 3, 1).reshape(b * h * w, -1))  # (B*h*w, |C_dist|)
+        if self.bank == "embedding":
+            allowed = allowed.index_select(1, self.clusters)  # each C_emb element as its C_dist element
+        nearest = torch.where(allowed, distances, distances.new_tensor(NOT_ALLOWED)).amin(1)
         return (self.scale * nearest).reshape(b, 1, h, w)
 
 

@@ -61,6 +61,9 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         mlp_projection: per-neighbour projection of the D features before the MLP's first layer (not in
             the paper; see :class:`NeighbourhoodMLP`); None: the paper's full first layer.
         tau: threshold on p(c | Omega) (None: the paper's 1 / (2 |C_dist|)).
+        score_bank: what patches are scored against (:class:`PNIScore`): ``distribution`` (Eq. 7 as printed:
+            the |C_dist| elements) or ``embedding`` (the authors' code: all of C_emb, each allowed through
+            its nearest C_dist element).
         blur_sigma: Gaussian smoothing of the full-resolution map (paper 8).
         refine: the pixel-wise refinement network (paper Sec. 3.3); False leaves the map as the score gives it.
         refine_backbone, refine_backbone_weights: its encoder (offline lite2 in place of the paper's
@@ -90,6 +93,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         mlp_projection: int | None = None,
         temperature: float = 2.0,
         tau: float | None = None,
+        score_bank: str = "distribution",
         blur_sigma: float = 8.0,
         refine: bool = True,
         refine_backbone: str = "tf_efficientnet_lite2",
@@ -112,7 +116,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         self.mlp_depth, self.mlp_width, self.temperature = mlp_depth, mlp_width, temperature
         self.mlp_projection = mlp_projection
         self.mlp: NeighbourhoodMLP | None = None  # sized at fit time from D and |C_dist|
-        self.score = PNIScore(tau)
+        self.score = PNIScore(tau, bank=score_bank)
         self.blur = SeparableGaussianBlur(blur_sigma)
         if image_score not in {"final", "coarse"}:
             msg = f"image_score must be 'final' or 'coarse', got {image_score!r}."
@@ -199,7 +203,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
     def distributions(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D, h, w) -> (B, |C_dist|, h, w) p(c | Omega): the mean of the distributions in use (uniform if none)."""
         b, _, h, w = features.shape
-        k = self.score.targets.shape[0]
+        k = self.score.num_clusters
         parts = []
         if self.mlp is not None:
             parts.append(self.mlp.probabilities(features))
