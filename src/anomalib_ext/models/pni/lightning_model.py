@@ -202,8 +202,9 @@ class AlignedPNI(AlignedMixin, PNI):
     Args:
         orb: alignment settings (:class:`ORBSettings` or a mapping of its fields).
         reference: ``best`` or ``first`` (see :class:`anomalib_ext.models.aligned.AlignedMixin`).
-        fill_from_reference: show the reference where an aligned image has no pixels.
-        match_fill_light: light that fill as each photograph is lit (no light step at the seam).
+        fill_from_reference: show the reference where an aligned image has no pixels; the default, False,
+            repeats the photograph's edge pixels there (measured better: see the README, "Printed garments").
+        match_fill_light: light that fill as each photograph is lit (measured: no gain over the plain fill).
         **kwargs: PNI's arguments.
     """
 
@@ -212,7 +213,7 @@ class AlignedPNI(AlignedMixin, PNI):
         *,
         orb: ORBSettings | dict[str, Any] = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
         reference: str = "best",
-        fill_from_reference: bool = True,
+        fill_from_reference: bool = False,
         match_fill_light: bool = False,
         **kwargs,
     ) -> None:
