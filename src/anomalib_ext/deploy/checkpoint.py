@@ -112,9 +112,11 @@ def load_model(name: str, ckpt_path: str | Path) -> AnomalibModule:
         first = str(error).strip().splitlines()[0][:200]
         msg = f"{wrong_class} ({first}): export it with the --model it was trained with. {OLDER_VERSION}"
         raise CheckpointError(msg) from error
-    saved = {k for k in checkpoint["state_dict"] if not _tolerated(k)}
-    expected = {k for k in model.state_dict() if not _tolerated(k)}
-    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    # What loading leaves missing or unused, as the model's own loading sees it: a model may upgrade an older
+    # checkpoint in its ``_load_from_state_dict`` (PNI: a buffer added later, with its old meaning).
+    outcome = model.load_state_dict(checkpoint["state_dict"], strict=False)
+    missing = sorted(k for k in outcome.missing_keys if not _tolerated(k))
+    unexpected = sorted(k for k in outcome.unexpected_keys if not _tolerated(k))
     if missing or unexpected:
         parts = []
         if missing:
