@@ -40,9 +40,9 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         mlp_depth, mlp_width, mlp_epochs, mlp_batch_size, temperature: the neighbourhood MLP.
         mlp_projection: per-neighbour projection of the features before the MLP (None: the paper's full layer).
         tau: threshold on p(c | Omega); None = the paper's 1 / (2 |C_dist|).
-        score_bank: ``distribution`` (Eq. 7 as printed: patches are scored against the |C_dist| elements) or
-            ``embedding`` (the authors' code: against all of C_emb, each allowed through its nearest C_dist
-            element; see the README).
+        score_bank: ``embedding`` (the default, as the authors' code: patches are scored against all of C_emb,
+            each element allowed through its nearest C_dist element) or ``distribution`` (Eq. 7 as printed:
+            against the |C_dist| elements only); see the README.
         blur_sigma: Gaussian smoothing of the map (paper 8).
         refine: the pixel-wise refinement network (paper Sec. 3.3); ``False`` switches it off.
         refine_backbone, refine_backbone_weights, refine_ratio, refine_scale, refine_epochs, refine_batch_size:
@@ -84,7 +84,7 @@ class PNI(OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         mlp_batch_size: int = 2048,
         temperature: float = 2.0,
         tau: float | None = None,
-        score_bank: str = "distribution",
+        score_bank: str = "embedding",
         blur_sigma: float = 8.0,
         refine: bool = True,
         refine_backbone: str = "tf_efficientnet_lite2",
