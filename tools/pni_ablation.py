@@ -279,15 +279,16 @@ def main() -> None:
         rows[name] = metrics(*scored(maps), labels, mask) | stats
     coarse = maps  # "both", in the model's frame (the refiner's input)
     if model.refiner is not None:
-        final = refined(coarse)
-        rows["both+refine"] = metrics(*scored(final), labels, mask)
-        rows["both+refine/coarse-image"] = metrics(scored(final)[0], scored(coarse)[1], labels, mask)
-        added = scored(final)[1] - scored(coarse)[1]
+        final_maps, final_image = scored(refined(coarse))  # each warped back once (AlignedPNI)
+        coarse_image = scored(coarse)[1]
+        rows["both+refine"] = metrics(final_maps, final_image, labels, mask)
+        rows["both+refine/coarse-image"] = metrics(final_maps, coarse_image, labels, mask)
+        added = final_image - coarse_image
         rows["both+refine"]["max_added_normal"] = float(added[~labels].mean())
         rows["both+refine"]["max_added_anomalous"] = float(added[labels].mean())
         # The final map is (1 - ratio) x coarse + ratio x scale x refined: scaling every map by (1 - ratio)
         # cannot change a ranking, so what moves the image AUROC is the refined term at the maximum.
-        term = scored(final)[1] - (1 - model.refiner.ratio) * scored(coarse)[1]
+        term = final_image - (1 - model.refiner.ratio) * coarse_image
         rows["both+refine"]["refined_term_normal"] = float(term[~labels].mean())
         rows["both+refine"]["refined_term_anomalous"] = float(term[labels].mean())
         with torch.no_grad():  # the refiner's own [0, 1] map, as if it were the detector

@@ -67,14 +67,17 @@ def model_input_size(model: AnomalibModule) -> tuple[int, int] | None:
     return None
 
 
-def _normalization(model: AnomalibModule) -> dict[str, Any] | None:
-    """Mean/std of a ``Normalize`` in the model's pre-processor (it runs inside the IR), if any."""
+def normalize_step(model: AnomalibModule) -> Any | None:  # ruff: ignore[any-type] - a torchvision Normalize
+    """The first ``Normalize`` in the model's pre-processor, if any."""
     from torchvision.transforms.v2 import Normalize
 
-    for step in pre_processor_steps(model):
-        if isinstance(step, Normalize):
-            return {"mean": list(step.mean), "std": list(step.std), "in_graph": True}
-    return None
+    return next((step for step in pre_processor_steps(model) if isinstance(step, Normalize)), None)
+
+
+def _normalization(model: AnomalibModule) -> dict[str, Any] | None:
+    """Mean/std of a ``Normalize`` in the model's pre-processor (it runs inside the IR), if any."""
+    step = normalize_step(model)
+    return None if step is None else {"mean": list(step.mean), "std": list(step.std), "in_graph": True}
 
 
 def build_metadata(

@@ -25,10 +25,9 @@ from typing import Any
 import torch
 from anomalib.data import Batch
 from anomalib.models import Patchcore
-from torchvision.transforms.v2 import Normalize
 
 from anomalib_ext.data.mvtec_like import resize_like_preprocessor
-from anomalib_ext.export_format import model_input_size, pre_processor_steps
+from anomalib_ext.export_format import model_input_size, normalize_step
 from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.base import HostStepsMixin
 from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, orb_settings, to_uint8_hwc
@@ -99,11 +98,16 @@ class AlignedMixin(HostStepsMixin):
         the batch before ``training_step`` / ``test_step``, but ORB, the agreement check and the reference fill
         work on pixels in [0, 1]: a normalised image clamped to [0, 1] loses most of its print.
         """
-        for step in pre_processor_steps(self):
-            if isinstance(step, Normalize):
-                mean, std = (torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in (step.mean, step.std))
-                return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
-        return None
+        step = normalize_step(self)
+        if step is None:
+            return None
+        mean, std = (torch.as_tensor(v, dtype=like.dtype, device=like.device) for v in (step.mean, step.std))
+        return mean.view(1, -1, 1, 1), std.view(1, -1, 1, 1)
+
+    @staticmethod
+    def _to_pixels(images: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+        """Images as the PreProcessor left them -> pixels in [0, 1] (undo ``stats``' normalisation, if any)."""
+        return images if stats is None else images * stats[1] + stats[0]
 
     def prepare_batch_images(self, images: torch.Tensor) -> tuple[torch.Tensor, list[Any]]:
         """Align images as the PreProcessor left them: back to [0, 1] for the aligner, normalised again after.
@@ -112,18 +116,14 @@ class AlignedMixin(HostStepsMixin):
         normalisation (see ``predict_end_to_end``).
         """
         stats = self._batch_normalization(images)
-        if stats is None:
-            return self.host_steps().prepare(images)
-        mean, std = stats
-        aligned, states = self.host_steps().prepare(images * std + mean)
-        return (aligned - mean) / std, states
+        aligned, states = self.host_steps().prepare(self._to_pixels(images, stats))
+        return (aligned if stats is None else (aligned - stats[0]) / stats[1]), states
 
     def training_step(self, batch: Batch, *args, **kwargs) -> Any:  # ruff: ignore[any-type] - the wrapped model's
         """Align the batch (reference: see :meth:`on_train_start`), then the wrapped model's training step."""
         if self.align_reference.numel() == 0:
-            stats = self._batch_normalization(batch.image)
             first = batch.image[:REFERENCE_CANDIDATES]
-            self._set_reference(list(first if stats is None else first * stats[1] + stats[0]))
+            self._set_reference(list(self._to_pixels(first, self._batch_normalization(first))))
         aligned, _ = self.prepare_batch_images(batch.image)
         return super().training_step(batch.update(image=aligned), *args, **kwargs)
 
