@@ -23,7 +23,7 @@ lint: setup  ## ruff with anomalib's rule set (pyproject.toml): the checks and t
 	$(BIN)/ruff format --check src tools tests
 
 test: setup  ## the test suite
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest tests
 
 benchmark: setup  ## the README benchmark grid (AMFS, Patchcore, Padim on ../shared/data + SyntheticGPD, 256 px; ~75 min on 2 cores)
 	$(BIN)/python tools/benchmark.py --config configs/benchmark/default.yaml --out results/benchmark

@@ -10,6 +10,20 @@ import pytest
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+def pytest_report_header(config) -> str:
+    """The CPU the suite runs on, as OpenVINO sees it: a failure in INT8 or timing then names its machine.
+
+    Nothing in the suite depends on the instruction set except through ``anomalib_ext.deploy.cpu``
+    (INT8 exports are made for any x86 CPU by default: see that module).
+    """
+    try:
+        from anomalib_ext.deploy.cpu import cpu_report, describe
+
+        return describe(cpu_report())
+    except Exception as error:  # ruff: ignore[blind-except] - the header must never stop the session
+        return f"cpu: not known ({error})"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Converted weights and generated data go to a per-session cache unless one is given."""

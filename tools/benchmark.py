@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -40,23 +39,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def machine() -> dict[str, Any]:
-    """CPU, cores, thread counts and versions, stored beside the results."""
+    """CPU (ISA flags, OpenVINO's INT8 kernel), cores, thread counts and versions, stored beside the results."""
     import anomalib
-    import openvino
     import torch
 
-    cpu = platform.processor()
-    if Path("/proc/cpuinfo").is_file():
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines()
-        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+    from anomalib_ext.deploy.cpu import cpu_report
+
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
+        **cpu_report(),
         "torch_threads": torch.get_num_threads(),
         "openvino_threads": "OpenVINO default (all cores)",
         "torch": torch.__version__,
         "anomalib": anomalib.__version__,
-        "openvino": openvino.__version__,
         "python": platform.python_version(),
     }
 

@@ -86,6 +86,7 @@ def build_metadata(
     host_steps: dict[str, Any],
     *,
     precision: str = "FP32",
+    batch: tuple[str | int, str] = ("dynamic", ""),
 ) -> dict[str, Any]:
     """Everything ``metadata.json`` says about an FP32 export of ``model`` (``files`` is added on writing)."""
     post = getattr(model, "post_processor", None)
@@ -103,7 +104,14 @@ def build_metadata(
         "class_path": f"{type(model).__module__}.{type(model).__qualname__}",
         "versions": _versions(),
         "precision": precision,
-        "input": {"size": list(input_size), "layout": "NCHW", "batch": "dynamic", "color": "RGB", "range": [0.0, 1.0]},
+        "input": {
+            "size": list(input_size),
+            "layout": "NCHW",
+            "batch": batch[0],  # "dynamic", or the one batch size the IR runs at (see anomalib_ext.ir_batch)
+            **({"batch_note": batch[1]} if batch[1] else {}),
+            "color": "RGB",
+            "range": [0.0, 1.0],
+        },
         "normalization": _normalization(model),
         "outputs": list(OUTPUT_NAMES),
         "thresholds": thresholds,
@@ -133,6 +141,10 @@ def _check_fields(path: Path, metadata: dict[str, Any]) -> None:
     if metadata.get("precision") not in {"FP32", "INT8"}:
         msg = f"{path} has no valid precision (FP32 or INT8). {fix}"
         raise ModelFilesError(msg)
+    batch = metadata["input"].get("batch", "dynamic")
+    if batch != "dynamic" and not (isinstance(batch, int) and batch > 0):
+        msg = f'{path}: input.batch must be "dynamic" or a positive integer, got {batch!r}. {fix}'
+        raise ModelFilesError(msg)
     if not isinstance(metadata.get("host_steps", {}), dict):
         msg = f"{path}: host_steps must be an object. {fix}"
         raise ModelFilesError(msg)
@@ -142,18 +154,36 @@ def write_export_metadata(
     model: AnomalibModule,
     folder: str | Path,
     input_size: tuple[int, int] | None = None,
+    *,
+    batch: tuple[str | int, str] | None = None,
 ) -> Path:
     """Save the model's host steps into ``folder`` and write its ``metadata.json`` (FP32).
 
     ``input_size`` defaults to the model's pre-processor size. Used by our export and by the anomalib
     export routes of our models (so ``anomalib export`` output runs in ``anomalib-ext infer`` too).
+    ``batch``: what :func:`anomalib_ext.ir_batch.supported_batch` found; ``None`` checks the folder's
+    ``model.xml`` (or ``model.onnx``) here.
     """
     size = tuple(input_size) if input_size else model_input_size(model)
     if size is None:
         msg = f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W)."
         raise ValueError(msg)
+    if batch is None:
+        batch = _checked_batch(Path(folder), size)
     host_steps = host_steps_of(model).save(Path(folder))
-    return write_metadata(Path(folder), build_metadata(model, size, host_steps))
+    return write_metadata(Path(folder), build_metadata(model, size, host_steps, batch=batch))
+
+
+def _checked_batch(folder: Path, input_size: tuple[int, int]) -> tuple[str | int, str]:
+    """:func:`~anomalib_ext.ir_batch.supported_batch` of the model file another exporter wrote into ``folder``."""
+    import openvino as ov
+
+    from anomalib_ext.ir_batch import supported_batch
+
+    found = [folder / name for name in ("model.xml", "model.onnx") if (folder / name).is_file()]
+    if not found:
+        return "dynamic", "not checked: no model.xml or model.onnx beside it"
+    return supported_batch(ov.Core().read_model(str(found[0])), input_size)
 
 
 def read_metadata(folder: Path) -> dict[str, Any]:

@@ -5,7 +5,9 @@ adding ``configs/models/<name>_tiny.yaml``: a setting that trains on a 6-image 1
 seconds. Checked, per model (see docs/ADDING_A_MODEL.md):
 
 1. anomalib's Engine fits and tests it (metrics in range, maps better than chance);
-2. our OpenVINO export has a dynamic batch and valid metadata; batch 3 = three batches of 1;
+2. our OpenVINO export has a dynamic batch and valid metadata; batch 3 = three batches of 1, at the tiny
+   size and at a larger, non-square one (256 x 512: another feature-grid shape, and 2048 patches per
+   image, where anomalib's Patchcore search runs in chunks);
 3. the Inferencer's output equals the model's end-to-end predict (host steps included), in f32;
 4. INT8 (NNCF, backbone scope) runs and its maps stay correlated with FP32;
 5. the Engine's checkpoint exports through ``anomalib-ext export`` to the same scores;
@@ -24,6 +26,7 @@ from anomalib_ext._registry import registered_names
 
 ROOT = Path(__file__).resolve().parents[2]
 SIZE = 128
+LARGE = (256, 512)  # (H, W)
 BASELINES = ["Patchcore", "Padim"]
 MODELS = registered_names()["models"] + BASELINES
 
@@ -32,14 +35,14 @@ def _tiny_config(name: str) -> Path:
     return ROOT / "configs" / "models" / f"{name.lower()}_tiny.yaml"
 
 
-def _train(name, tiny_datamodule, root):
+def _train(name, tiny_datamodule, root, size=SIZE):
     from anomalib.engine import Engine
     from lightning.pytorch import seed_everything
 
     from anomalib_ext.benchmarking import build_model
 
     seed_everything(0)
-    model = build_model(_tiny_config(name), size=SIZE, seed=0)
+    model = build_model(_tiny_config(name), size=size, seed=0)
     engine = Engine(default_root_dir=root, logger=False, enable_progress_bar=False)
     datamodule = tiny_datamodule()
     engine.fit(model=model, datamodule=datamodule)
@@ -75,21 +78,17 @@ def test_engine_fits_and_tests(trained):
     assert metrics["pixel_AUROC"] > 0.6  # the tiny set's defects are large: any working detector finds them
 
 
-def test_export_has_a_dynamic_batch_and_metadata(trained):
+def _assert_batch_is_dynamic(folder, size):
+    """The IR's batch is declared and recorded dynamic, and batch 3 gives each image what it gets alone."""
     import openvino as ov
 
     from anomalib_ext.deploy import Inferencer
     from anomalib_ext.export_format import read_metadata
-    from anomalib_ext.host_steps import host_steps_of
 
-    name, model, _, _, folder = trained
-    metadata = read_metadata(folder)
-    assert metadata["model"] == name and metadata["precision"] == "FP32" and metadata["input"]["size"] == [SIZE, SIZE]
-    assert list(metadata["host_steps"]) == [step.name for step in host_steps_of(model)]
-    assert set(metadata["files"]) <= {p.name for p in folder.iterdir()}
+    assert read_metadata(folder)["input"]["batch"] == "dynamic"
     assert ov.Core().read_model(folder / "model.xml").inputs[0].get_partial_shape()[0].is_dynamic
     inferencer = Inferencer(folder)
-    batch = np.random.default_rng(0).random((3, 3, SIZE, SIZE), dtype=np.float32)
+    batch = np.random.default_rng(0).random((3, 3, *size), dtype=np.float32)
     together = inferencer.infer(batch)
     for i in range(3):
         alone = inferencer.infer(batch[i : i + 1])
@@ -100,6 +99,33 @@ def test_export_has_a_dynamic_batch_and_metadata(trained):
             atol=1e-5,
         )
         np.testing.assert_allclose(alone["anomaly_map"][0], together["anomaly_map"][i], rtol=1e-4, atol=1e-4)
+
+
+def test_export_has_a_dynamic_batch_and_metadata(trained):
+    from anomalib_ext.export_format import read_metadata
+    from anomalib_ext.host_steps import host_steps_of
+
+    name, model, _, _, folder = trained
+    metadata = read_metadata(folder)
+    assert metadata["model"] == name and metadata["precision"] == "FP32" and metadata["input"]["size"] == [SIZE, SIZE]
+    assert list(metadata["host_steps"]) == [step.name for step in host_steps_of(model)]
+    assert set(metadata["files"]) <= {p.name for p in folder.iterdir()}
+    _assert_batch_is_dynamic(folder, (SIZE, SIZE))
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def trained_large(request, tiny_datamodule, tmp_path_factory):
+    """The model trained and exported at :data:`LARGE` (fit and export only)."""
+    from anomalib_ext.deploy import export_openvino
+
+    root = tmp_path_factory.mktemp(f"{request.param}_large")
+    model, _, _ = _train(request.param, tiny_datamodule, root, size=LARGE)
+    return request.param, model, export_openvino(model, root / "openvino").parent
+
+
+def test_export_has_a_dynamic_batch_at_a_larger_size(trained_large):
+    _, _, folder = trained_large
+    _assert_batch_is_dynamic(folder, LARGE)
 
 
 def _assert_same_predictions(predictions, expected):
@@ -163,3 +189,27 @@ def test_same_seed_gives_the_same_scores(trained, tiny_gpd, tiny_datamodule, tmp
     first, second = predict_end_to_end(model, images), predict_end_to_end(again, images)
     assert torch.equal(first.pred_score, second.pred_score)
     assert torch.equal(first.anomaly_map, second.anomaly_map)
+
+
+# anomalib's Patchcore is the model whose traced search the fix in anomalib_ext.export_fixes covers.
+@pytest.mark.parametrize("trained_large", ["Patchcore"], indirect=True)
+def test_a_graph_that_keeps_its_traced_batch_is_exported_with_a_fixed_batch(trained_large, tmp_path, monkeypatch):
+    """Without the Patchcore tracing fix, the export's own check catches anomalib's traced chunk count.
+
+    It exports a fixed batch instead of a "dynamic" one that crashes at inference, and the Inferencer
+    then runs a batch of 3 one image at a time, with the results of the dynamic export.
+    """
+    import contextlib
+
+    from anomalib_ext.deploy import Inferencer, export
+    from anomalib_ext.export_format import read_metadata
+
+    _, model, folder = trained_large
+    monkeypatch.setattr(export, "traceable", lambda _model: contextlib.nullcontext())
+    fixed = export.export_openvino(model, tmp_path / "unfixed").parent
+    metadata = read_metadata(fixed)
+    assert metadata["input"]["batch"] == 1 and "batch 3" in metadata["input"]["batch_note"]
+    batch = np.random.default_rng(0).random((3, 3, *LARGE), dtype=np.float32)
+    expected, got = Inferencer(folder).infer(batch), Inferencer(fixed).infer(batch)
+    np.testing.assert_allclose(got["pred_score"], expected["pred_score"], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got["anomaly_map"], expected["anomaly_map"], rtol=1e-4, atol=1e-4)

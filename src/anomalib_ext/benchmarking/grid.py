@@ -5,7 +5,8 @@ dataset may say ``skip_if_missing: PATH`` and give its own ``sizes`` and ``subse
 the ``datasets`` it runs on, e.g. an aligned model on the garment sets only), ``sizes``
 ([256]), ``seeds`` ([0]; or ``seed``), ``stages`` (all of :data:`~anomalib_ext.benchmarking.jobs.STAGES`),
 ``subsets`` (name -> datamodule overrides tested after the full test set), ``repeats`` (20),
-``int8_subset_size`` (300).
+``int8_subset_size`` (300), ``int8_target`` (``any``; or ``vnni``), ``int8_simulated`` (false: also score
+INT8 with its quantisation simulated in f32).
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def expand(config: dict[str, Any]) -> list[dict[str, Any]]:
                         "subsets": data.get("subsets", config.get("subsets", {})),
                         "repeats": config.get("repeats", 20),
                         "int8_subset_size": config.get("int8_subset_size", 300),
+                        "int8_target": config.get("int8_target", "any"),
+                        "int8_simulated": config.get("int8_simulated", False),
                     })
     return jobs
 
@@ -63,6 +66,7 @@ COLUMNS = {  # results.md: column -> header (those present)
     "ov_speedup": "OV/torch",
     "int8_speedup": "INT8/FP32",
     "int8_image_auroc_change": "INT8 Δimg AUROC",
+    "ov_int8_map_correlation_mean": "INT8 map corr",
     "ov_fp32_e2e_ms": "OV e2e ms",
     "ov_fp32_images_per_s_b8": "FP32 img/s b8",
     "ov_int8_images_per_s_b8": "INT8 img/s b8",

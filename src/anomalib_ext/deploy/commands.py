@@ -109,6 +109,14 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
         help="backbone: only the feature extractor's convolutions (default); all: NNCF's choice over the whole graph",
     )
     parser.add_argument(
+        "--target",
+        choices=["any", "vnni"],
+        default="any",
+        help="the CPUs the INT8 model will run on. any (default): 7-bit weights, correct on every x86 CPU; "
+        "vnni: full 8-bit weights, only for CPUs with AVX512-VNNI/AVX-VNNI/AMX (wrong maps elsewhere: there "
+        "it is simulated in f32, slower than FP32)",
+    )
+    parser.add_argument(
         "--fast-bias-correction",
         action="store_true",
         help="NNCF's fast bias correction (quicker; broke AMFS in our tests)",
@@ -150,6 +158,13 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
         default="f32",
         help="f32: the scores the model was evaluated with (default); auto/bf16: OpenVINO's bf16 on CPUs "
         "with AMX/AVX512-BF16, faster there but scores move by a few hundredths",
+    )
+    parser.add_argument(
+        "--int8-arithmetic",
+        choices=["auto", "native", "simulated"],
+        default="auto",
+        help="INT8 exports: native kernels, or quantisation simulated in f32 (a VNNI CPU's exact result on any "
+        "CPU, slower). auto (default): native, but simulated for a --target vnni export on a CPU without VNNI",
     )
     parser.add_argument("--allow-errors", action="store_true", help="exit 0 even when some images could not be used")
 
@@ -194,6 +209,7 @@ def quantize_main(args: argparse.Namespace) -> int:
         args.output,
         subset_size=args.subset_size,
         scope=args.scope,
+        target=args.target,
         fast_bias_correction=args.fast_bias_correction,
         overwrite=args.overwrite,
     )
@@ -221,6 +237,7 @@ def infer_main(args: argparse.Namespace) -> int:
         timing=args.timing,
         num_threads=args.threads,
         precision=args.precision,
+        int8_arithmetic=args.int8_arithmetic,
     )
     failed = [r for r in results if r.error]
     print(

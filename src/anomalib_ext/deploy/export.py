@@ -9,6 +9,12 @@ anomalib's ONNX (dynamo) route: that route bakes the example batch into anomalib
 Models with host steps (:mod:`anomalib_ext.host_steps`) return them from ``host_steps()``; each step
 writes what it needs (alignment: the reference image) into the export folder and its settings into
 ``metadata.json``.
+
+The batch is checked, not assumed: the IR must run at batch 3 and give each image the outputs it gets
+alone (:func:`anomalib_ext.ir_batch.supported_batch`) before ``metadata.json`` says ``"batch": "dynamic"``.
+A graph that keeps a traced batch is exported with a fixed batch instead (with a warning saying why), and
+the Inferencer then runs larger batches that many images at a time. anomalib's Patchcore, which did that
+above 1024 patches per image, is traced through :func:`anomalib_ext.export_fixes.traceable`.
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from anomalib_ext.deploy.folders import staged_folder
+from anomalib_ext.export_fixes import traceable
 from anomalib_ext.export_format import OUTPUT_NAMES, model_input_size, write_export_metadata
+from anomalib_ext.ir_batch import supported_batch
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -32,7 +40,10 @@ logger = logging.getLogger(__name__)
 
 
 def convert_to_openvino(model: AnomalibModule, input_size: tuple[int, int]) -> ov.Model:
-    """``ov.Model`` of the eval-mode forward with inputs ``(?, 3, H, W)`` and anomalib's output names."""
+    """``ov.Model`` of the eval-mode forward with inputs ``(?, 3, H, W)`` and anomalib's output names.
+
+    The batch is declared dynamic; whether the graph really is, :func:`export_openvino` checks.
+    """
     import openvino as ov
 
     model = model.eval().cpu()
@@ -43,7 +54,7 @@ def convert_to_openvino(model: AnomalibModule, input_size: tuple[int, int]) -> o
     if scripting is not None:
         model._jit_is_scripting = True  # ruff: ignore[private-member-access]
     try:
-        with torch.no_grad():
+        with torch.no_grad(), traceable(model):
             ov_model = ov.convert_model(
                 model,
                 example_input=torch.rand(1, 3, height, width),
@@ -57,12 +68,6 @@ def convert_to_openvino(model: AnomalibModule, input_size: tuple[int, int]) -> o
         raise RuntimeError(msg)
     for output, name in zip(ov_model.outputs, OUTPUT_NAMES, strict=True):
         output.get_tensor().set_names({name})
-    batch = ov_model.inputs[0].get_partial_shape()[0]
-    if not batch.is_dynamic:
-        msg = f"{type(model).__name__}'s export fixed the batch at {batch}; its forward branches on the batch size."
-        raise RuntimeError(
-            msg,
-        )
     return ov_model
 
 
@@ -74,7 +79,10 @@ def export_openvino(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
 ) -> Path:
-    """Write ``model.xml/.bin`` (FP32, dynamic batch), host-step files and ``metadata.json`` to ``output``.
+    """Write ``model.xml/.bin`` (FP32), host-step files and ``metadata.json`` to ``output``.
+
+    The batch is dynamic when the graph passes :func:`~anomalib_ext.ir_batch.supported_batch`, else fixed
+    (``metadata.json``: ``input.batch`` and ``input.batch_note``).
 
     The folder is written in a temporary sibling and moved into place at the end, so a failed export
     leaves nothing half-written; an earlier export at ``output`` is replaced only on success, and only
@@ -90,7 +98,20 @@ def export_openvino(
         msg = f"{type(model).__name__} has no Resize in its pre-processor: give input_size=(H, W)."
         raise ValueError(msg)
     with staged_folder(output, inputs, overwrite) as staging:
-        ov.save_model(convert_to_openvino(model, input_size), staging / "model.xml", compress_to_fp16=False)
-        write_export_metadata(model, staging, input_size)  # host-step files (AMFS: reference) + metadata.json
+        ov_model = convert_to_openvino(model, input_size)
+        batch, reason = supported_batch(ov_model, input_size)
+        if batch != "dynamic":
+            logger.warning(
+                "%s: the exported graph has no dynamic batch (%s); it is exported with a fixed batch of %d, "
+                "and the Inferencer runs larger batches %d images at a time.",
+                type(model).__name__,
+                reason,
+                batch,
+                batch,
+            )
+            ov_model.reshape({0: [batch, 3, *input_size]})
+        ov.save_model(ov_model, staging / "model.xml", compress_to_fp16=False)
+        # host-step files (AMFS: reference) + metadata.json
+        write_export_metadata(model, staging, input_size, batch=(batch, reason))
     logger.info("Exported %s to %s", type(model).__name__, output / "model.xml")
     return output / "model.xml"

@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from anomalib_ext.data.mvtec_like import IMAGE_EXTENSIONS, read_rgb, resize_like_preprocessor, unusual_shape
+from anomalib_ext.deploy.cpu import SIMULATE_INT8, has_int8_dot_product, int8_kernel
 from anomalib_ext.deploy.folders import is_output_folder
 from anomalib_ext.errors import AnomalibExtError
 from anomalib_ext.export_format import OUTPUT_NAMES, ModelFilesError, read_metadata
@@ -158,9 +159,16 @@ class Inferencer:
             faster there, but on such a CPU it moved AMFS's normalised image scores by up to 0.09 (0.783
             -> 0.872 on tiny SyntheticGPD), enough to flip labels near the threshold. ``bf16`` forces it.
             INT8 exports run their quantised convolutions in INT8 either way.
+        int8_arithmetic: how an INT8 export's quantised layers run. ``native``: OpenVINO's INT8 kernels.
+            ``simulated``: quantise-dequantise in f32, the exact arithmetic of a CPU with VNNI on any CPU
+            (slower than FP32; for checks). ``auto`` (default): native, except for an export quantised for
+            VNNI CPUs only (``quantize --target vnni``, or older exports) on a CPU whose INT8
+            convolutions saturate (no VNNI/AMX): there its maps would be wrong, so it is simulated and a
+            warning says to quantise again with ``--target any``. See :mod:`anomalib_ext.deploy.cpu`.
     """
 
     PRECISIONS = ("f32", "bf16", "auto")
+    INT8_ARITHMETICS = ("auto", "native", "simulated")
 
     def __init__(
         self,
@@ -168,6 +176,7 @@ class Inferencer:
         device: str = "CPU",
         num_threads: int | None = None,
         precision: str = "f32",
+        int8_arithmetic: str = "auto",
     ) -> None:
         import openvino as ov
 
@@ -181,10 +190,38 @@ class Inferencer:
         self.config = {"INFERENCE_NUM_THREADS": int(num_threads)} if num_threads else {}
         if precision != "auto":
             self.config["INFERENCE_PRECISION_HINT"] = precision
+        self.int8_arithmetic = self._int8_arithmetic(int8_arithmetic)
+        if self.int8_arithmetic == "simulated":
+            self.config.update(SIMULATE_INT8)
         self.core = ov.Core()
         self.model = read_ir(self.core, self.xml)
+        batch = self.metadata["input"].get("batch", "dynamic")
+        # An IR that keeps a fixed batch (see anomalib_ext.ir_batch) runs any batch that many images at a time.
+        self.fixed_batch: int | None = None if batch == "dynamic" else int(batch)
         self._requests: dict[int, object] = {}  # batch size -> infer request of a static-shape compile
         self.host_steps = load_host_steps(self.folder, self.metadata.get("host_steps"))
+
+    def _int8_arithmetic(self, requested: str) -> str:
+        """``native`` or ``simulated`` (see the class docstring); ``native`` for FP32 exports."""
+        if requested not in self.INT8_ARITHMETICS:
+            msg = f"int8_arithmetic must be one of {self.INT8_ARITHMETICS}, got {requested!r}"
+            raise ValueError(msg)
+        if self.metadata["precision"] != "INT8" or not self.device.upper().startswith("CPU"):
+            return "native"
+        if requested != "auto":
+            return requested
+        # Exports written before the target was recorded used NNCF's default: 8-bit weights (VNNI only).
+        target = self.metadata.get("quantization", {}).get("target_cpu", "vnni")
+        if target == "vnni" and not has_int8_dot_product(self.device):
+            logger.warning(
+                "%s was quantised for CPUs with VNNI/AMX (8-bit weights); this CPU's INT8 convolutions (%s) "
+                "saturate, so its INT8 layers are simulated in f32 (correct, slower than FP32). Quantise the "
+                "FP32 export again with `anomalib-ext quantize --target any` for an INT8 model that runs here.",
+                self.folder,
+                int8_kernel(self.device),
+            )
+            return "simulated"
+        return "native"
 
     def _request(self, batch_size: int) -> ov.InferRequest:
         """An infer request for ``batch_size``: each batch size is compiled once with static shapes.
@@ -194,14 +231,15 @@ class Inferencer:
         """
         if batch_size not in self._requests:
             model = self.model.clone()
-            model.reshape({0: [batch_size, 3, *self.input_size]})
+            if self.fixed_batch is None:
+                model.reshape({0: [batch_size, 3, *self.input_size]})
             self._requests[batch_size] = self.core.compile_model(model, self.device, self.config).create_infer_request()
         return self._requests[batch_size]
 
     @property
     def inference_precision(self) -> str:
         """The precision OpenVINO picked for this device (e.g. f32, bf16)."""
-        return str(self._request(1).get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
+        return str(self._request(self.fixed_batch or 1).get_compiled_model().get_property("INFERENCE_PRECISION_HINT"))
 
     # ---- one image -> model input ---------------------------------------------------------------
     def prepare(self, image: np.ndarray, name: str = "image") -> tuple[np.ndarray, tuple]:
@@ -218,7 +256,23 @@ class Inferencer:
 
     # ---- batches --------------------------------------------------------------------------------
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Raw IR outputs for a (B, 3, H, W) float32 batch, by output name."""
+        """Raw IR outputs for a (B, 3, H, W) float32 batch, by output name.
+
+        An IR with a fixed batch runs the images that many at a time (the last group padded by repeating
+        its last image, whose outputs are dropped).
+        """
+        if self.fixed_batch is None or len(batch) == self.fixed_batch:
+            return self._infer(batch)
+        size = self.fixed_batch
+        parts = []
+        for first in range(0, len(batch), size):
+            group = batch[first : first + size]
+            count = len(group)
+            padded = np.concatenate([group, np.repeat(group[-1:], size - count, axis=0)]) if count < size else group
+            parts.append({name: value[:count] for name, value in self._infer(padded).items()})
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         result = self._request(len(batch)).infer({0: np.ascontiguousarray(batch, dtype=np.float32)})
         outputs = {}
         for index, (port, value) in enumerate(result.items()):

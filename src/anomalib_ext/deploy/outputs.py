@@ -137,6 +137,7 @@ def run_inference(
     timing: bool = False,
     num_threads: int | None = None,
     precision: str = "f32",
+    int8_arithmetic: str = "auto",
 ) -> list[InferenceResult]:
     """Predict every image of files/folders/globs and write the outputs batch by batch.
 
@@ -144,14 +145,15 @@ def run_inference(
     folder is checked and locked before any image is predicted; folder and glob searches skip it and
     any earlier output folder. Unusable images are listed in ``scores.csv`` with their
     error (``status`` = ``error``) and in the returned results; a failed write stops the run with an
-    :class:`OutputFolderError` naming the file.
+    :class:`OutputFolderError` naming the file. ``precision`` and ``int8_arithmetic``: see
+    :class:`~anomalib_ext.deploy.inferencer.Inferencer`.
     """
     from anomalib_ext.deploy.inferencer import Inferencer, collect_images
 
     if batch_size < 1:
         msg = f"batch_size must be at least 1, got {batch_size}"
         raise ValueError(msg)
-    inferencer = Inferencer(model_dir, device, num_threads, precision)
+    inferencer = Inferencer(model_dir, device, num_threads, precision, int8_arithmetic)
     paths = collect_images(inputs, exclude=[output])
     output = prepare_output_folder(output)
     with OutputLock(output):

@@ -9,6 +9,14 @@ Gaussian, then the map's upsampling, Gaussian blur and anomalib's normalisation)
 on normal images only, INT8 ranges there clip every anomaly to the largest normal value, and rounding
 ``|x|^2 - 2 x.m + |m|^2`` cancels catastrophically. Measured on tiny SyntheticGPD (Patchcore, Padim,
 AMFS): quantising the whole graph (``scope="all"``) gave constant maps (pixel AUROC 0.50).
+
+Which CPUs it runs on (``target``): an export is made on one machine and deployed on others. By
+default (``any``) every quantised layer gets 7-bit weights (NNCF's overflow fix on all layers), which is
+exact on every x86 CPU; ``vnni`` keeps NNCF's default (8-bit weights but in the first layer), which is
+correct only on CPUs whose INT8 convolutions accumulate in 32 bits (VNNI/AMX) and wrong elsewhere: see
+:mod:`anomalib_ext.deploy.cpu`. The choice and the CPU it was calibrated on go into ``metadata.json``,
+and the :class:`~anomalib_ext.deploy.inferencer.Inferencer` simulates a ``vnni`` export's INT8 layers
+in f32 (correct, but slower than FP32) on a CPU without VNNI, with a warning.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from anomalib_ext.data.mvtec_like import read_rgb
+from anomalib_ext.deploy.cpu import cpu_report
 from anomalib_ext.deploy.folders import EXPORT_FILES, check_export_target, staged_folder
 from anomalib_ext.deploy.inferencer import Inferencer, collect_images, read_ir, resolve_model_dir
 from anomalib_ext.errors import AnomalibExtError
@@ -66,6 +75,11 @@ def calibration_images(calibration: str | Path | Sequence[str | Path] | None, mo
 
 CONVOLUTIONS = {"Convolution", "GroupConvolution"}
 SCOPES = ("backbone", "all")
+# target CPUs -> NNCF overflow fix (nncf.OverflowFix values) and what the weights become.
+TARGETS = {
+    "any": ("enable", "7-bit weights in every quantised layer: exact on every x86 CPU"),
+    "vnni": ("first_layer_only", "8-bit weights (7-bit in the first layer): only CPUs with VNNI/AMX"),
+}
 
 
 def backbone_ignored_scope(ov_model: ov.Model) -> nncf.IgnoredScope:
@@ -101,6 +115,7 @@ def quantize_openvino(
     *,
     subset_size: int = 300,
     scope: str = "backbone",
+    target: str = "any",
     fast_bias_correction: bool = False,
     overwrite: bool = False,
 ) -> Path:
@@ -114,6 +129,9 @@ def quantize_openvino(
         subset_size: at most this many calibration images (a seeded spread over all of them).
         scope: ``backbone`` (the feature extractor's convolutions; default) or ``all`` (NNCF's default
             choice over the whole graph; see the module docstring for why that fails on our models).
+        target: the CPUs the export will run on. ``any`` (default): 7-bit weights, correct on every x86
+            CPU. ``vnni``: full 8-bit weights, for CPUs with AVX512-VNNI, AVX-VNNI or AMX only; on a CPU
+            without VNNI its INT8 convolutions overflow (the Inferencer then simulates them in f32).
         fast_bias_correction: NNCF's fast bias correction instead of the full one. Off by default: on AMFS
             (lite2, 256 px, tire) it made every score the same (the full one: scores correlate 0.977
             with FP32, maps 0.996); it saves calibration time only.
@@ -121,10 +139,14 @@ def quantize_openvino(
     """
     import nncf
     import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     nncf.set_log_level(logging.WARNING)  # NNCF logs every node it leaves alone at INFO
     if scope not in SCOPES:
         msg = f"scope must be one of {SCOPES}, got {scope!r}"
+        raise ValueError(msg)
+    if target not in TARGETS:
+        msg = f"target must be one of {tuple(TARGETS)}, got {target!r}"
         raise ValueError(msg)
     if subset_size < 1:
         msg = f"subset_size must be at least 1, got {subset_size}"
@@ -160,18 +182,23 @@ def quantize_openvino(
             MIN_CALIBRATION_IMAGES,
         )
     host = Inferencer(folder)
+    # A fixed-batch IR (anomalib_ext.ir_batch) takes each calibration image repeated to its batch: the
+    # activation ranges are those of the image.
+    batch = host.fixed_batch or 1
 
     def transform(path: Path) -> np.ndarray:
-        return host.prepare(read_rgb(path), str(path))[0][None]
+        return np.repeat(host.prepare(read_rgb(path), str(path))[0][None], batch, axis=0)
 
     fp32_model = read_ir(ov.Core(), xml)
     ignored = backbone_ignored_scope(fp32_model) if scope == "backbone" else None
+    overflow_fix, weights = TARGETS[target]
     quantized = nncf.quantize(
         fp32_model,
         nncf.Dataset(usable, transform),
         subset_size=len(usable),
         ignored_scope=ignored,
         fast_bias_correction=fast_bias_correction,
+        advanced_parameters=AdvancedQuantizationParameters(overflow_fix=OverflowFix(overflow_fix)),
     )
     output = Path(output)
     with staged_folder(output, [folder], overwrite) as staging:
@@ -187,6 +214,10 @@ def quantize_openvino(
                 "tool": f"nncf {nncf.__version__}",
                 "calibration_images": len(usable),
                 "scope": scope,
+                "target_cpu": target,
+                "overflow_fix": overflow_fix,
+                "weights": weights,
+                "calibrated_on": cpu_report(),
                 "fast_bias_correction": fast_bias_correction,
                 "min_recommended_images": MIN_CALIBRATION_IMAGES,
             },

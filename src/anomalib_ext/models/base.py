@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from anomalib.models.components import AnomalibModule
 
+from anomalib_ext.export_fixes import traceable
 from anomalib_ext.export_format import model_input_size, write_export_metadata
 from anomalib_ext.host_steps import HostPipeline, predict_end_to_end
 
@@ -74,13 +75,15 @@ class HostStepsMixin:
 
     def to_openvino(self, export_root: Path | str, *args, **kwargs) -> Path:
         """Anomalib's OpenVINO export, plus host-step files and ``metadata.json`` beside the IR."""
-        path = Path(AnomalibModule.to_openvino(self, export_root, *args, **kwargs))
+        with traceable(self):
+            path = Path(AnomalibModule.to_openvino(self, export_root, *args, **kwargs))
         write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
         return path
 
     def to_onnx(self, export_root: Path | str, *args, **kwargs) -> Path:
         """Anomalib's ONNX export, plus host-step files and ``metadata.json`` beside the model."""
-        path = Path(AnomalibModule.to_onnx(self, export_root, *args, **kwargs))
+        with traceable(self):
+            path = Path(AnomalibModule.to_onnx(self, export_root, *args, **kwargs))
         write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
         return path
 
