@@ -184,7 +184,7 @@ def export_main(args: argparse.Namespace) -> int:
 
 
 def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict:
-    """FP32 vs INT8 on ``eval_data``'s test split: accuracy of both, interleaved latencies, the change."""
+    """FP32 vs INT8 on ``eval_data``'s test split: accuracy of both, map agreement, interleaved latencies, the CPU."""
     from anomalib_ext.data.mvtec_like import make_mvtec_like_samples, read_rgb
     from anomalib_ext.deploy.evaluate import compare_exports
     from anomalib_ext.export_format import read_metadata
@@ -192,7 +192,9 @@ def _quantization_report(model_dir: Path, output: Path, eval_data: Path) -> dict
     test = make_mvtec_like_samples(eval_data).query("split == 'test'").image_path.tolist()
     images = [read_rgb(p) for p in test[:: max(1, len(test) // 8)][:8]]
     report = compare_exports({"FP32": model_dir, "INT8": output}, eval_data, images)
-    report["calibration_images"] = read_metadata(output)["quantization"]["calibration_images"]
+    quantization = read_metadata(output)["quantization"]
+    report["calibration_images"] = quantization["calibration_images"]
+    report["quantization"] = quantization  # the target, the overflow fix and the CPU it was calibrated on
     return report
 
 
@@ -213,9 +215,10 @@ def quantize_main(args: argparse.Namespace) -> int:
         fast_bias_correction=args.fast_bias_correction,
         overwrite=args.overwrite,
     )
-    used = read_metadata(xml.parent)["quantization"]["calibration_images"]
+    quantization = read_metadata(xml.parent)["quantization"]
+    used = quantization["calibration_images"]
     low = f" (fewer than the {MIN_CALIBRATION_IMAGES} recommended)" if used < MIN_CALIBRATION_IMAGES else ""
-    print(f"Quantised {xml} with {used} calibration image(s){low}")
+    print(f"Quantised {xml} with {used} calibration image(s){low}, for {quantization['weights']}")
     if args.eval_data:
         report = _quantization_report(args.model_dir, args.output, args.eval_data)
         print(json.dumps(report, indent=1))

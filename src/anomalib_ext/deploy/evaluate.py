@@ -135,6 +135,7 @@ def compare_exports(
     timing: bool = True,
     repeats: int = 20,
     simulate_int8: bool = False,
+    int8_arithmetic: str = "auto",
 ) -> dict[str, Any]:
     """Accuracy and interleaved latencies of several exports of one model, e.g. ``{"FP32": ..., "INT8": ...}``.
 
@@ -144,18 +145,19 @@ def compare_exports(
     openvino_precision}}``, the CPU it ran on (``measured_on``) and, when both ``FP32`` and ``INT8`` are
     given, the ``image_AUROC_change``, INT8's :func:`agreement` with FP32 and INT8's speed-ups. With
     ``simulate_int8`` the INT8 export is scored a second time with its quantisation simulated in f32
-    (``INT8_simulated``: what a CPU with VNNI computes), for accuracy only.
+    (``INT8_simulated``: what a CPU with VNNI computes), for accuracy only. ``int8_arithmetic``: how the
+    exports run otherwise (see :class:`~anomalib_ext.deploy.inferencer.Inferencer`).
     """
     from anomalib_ext.deploy.cpu import cpu_report
     from anomalib_ext.deploy.timing import compare_openvino
 
     report: dict[str, Any] = {name: {} for name in folders}
     if timing:
-        for name, values in compare_openvino(folders, images, repeats=repeats).items():
+        for name, values in compare_openvino(folders, images, repeats=repeats, int8_arithmetic=int8_arithmetic).items():
             report[name].update(values)
     if accuracy:
         test = _test_table(test_set)
-        runs = {name: (folder, "auto") for name, folder in folders.items()}
+        runs = {name: (folder, int8_arithmetic) for name, folder in folders.items()}
         if simulate_int8 and "INT8" in folders:
             runs["INT8_simulated"] = (folders["INT8"], "simulated")
         predictions = {}

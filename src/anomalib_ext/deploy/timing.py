@@ -43,6 +43,7 @@ def compare_openvino(
     *,
     repeats: int = 20,
     num_threads: int | None = None,
+    int8_arithmetic: str = "auto",
 ) -> dict[str, dict[str, float | str]]:
     """Latencies of several exports (e.g. FP32 and INT8) measured **interleaved**.
 
@@ -51,6 +52,7 @@ def compare_openvino(
     Per export: ``latency_ms_b1`` (IR call, batch 1), ``e2e_ms`` (one RGB image through host steps + IR +
     warp back), ``images_per_s_b8`` (IR, batch 8), ``openvino_precision``. ``images``: at least 8 RGB
     images (H, W, 3) of the test set (fewer are repeated). Each is the median over rounds after 3 warm-up rounds.
+    ``int8_arithmetic``: see :class:`~anomalib_ext.deploy.inferencer.Inferencer`.
     """
     from anomalib_ext.deploy.inferencer import Inferencer
 
@@ -58,7 +60,10 @@ def compare_openvino(
         msg = "compare_openvino needs at least one image"
         raise ValueError(msg)
     images = (list(images) * 8)[:8]  # batch 8 from fewer images: repeat them
-    inferencers = {name: Inferencer(folder, num_threads=num_threads) for name, folder in folders.items()}
+    inferencers = {
+        name: Inferencer(folder, num_threads=num_threads, int8_arithmetic=int8_arithmetic)
+        for name, folder in folders.items()
+    }
     batches = {name: np.stack([inf.prepare(image)[0] for image in images[:8]]) for name, inf in inferencers.items()}
     tasks = {}
     for name, inf in inferencers.items():
