@@ -69,16 +69,18 @@ def measure(job: dict, out: Path) -> dict:
 
 def _cell(row: dict, prefix: str) -> str:
     pixel = row.get(f"{prefix}pixel_AUROC")
-    pixel = "–" if pixel is None else f"{pixel:.3f}"
+    pixel = "-" if pixel is None else f"{pixel:.3f}"
     return f"{row[f'{prefix}image_AUROC']:.3f} / {pixel}"
 
 
 def table(out: Path) -> str:
     """One row per job: FP32, any (native), vnni (native on this CPU; simulated = a VNNI CPU), latencies."""
     lines = [
-        "| set | model | FP32 img / px AUROC | any: img / px | any: map corr mean (min) | any simulated vs native "
-        "(min corr) | vnni here: img / px | vnni here: map corr mean (min) | vnni on a VNNI CPU (simulated): "
-        "img / px | its map corr mean (min) | b1 ms FP32 / any / vnni |",
+        (
+            "| set | model | FP32 img / px AUROC | any: img / px | any: map corr mean (min) | any native vs "
+            "simulated | vnni here: img / px | vnni here: map corr mean (min) | vnni on a VNNI CPU (simulated): "
+            "img / px | its map corr mean (min) | b1 ms FP32 / any / vnni |"
+        ),
         "|:--|:--|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for path in sorted((out / "vnni").glob("*.json")):
