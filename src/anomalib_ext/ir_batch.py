@@ -29,12 +29,16 @@ class FixedBatchError(RuntimeError):
     """An IR that runs at none of the batch sizes tried."""
 
 
-def _run(core: ov.Core, model: ov.Model, images: np.ndarray) -> list[np.ndarray]:
-    """The float outputs of ``model`` on ``images`` (B, 3, H, W), reshaped to that batch and compiled in f32."""
+def _compiled(core: ov.Core, model: ov.Model, images_shape: tuple[int, ...]) -> ov.InferRequest:
+    """An infer request of ``model`` reshaped to ``images_shape`` (B, 3, H, W) and compiled in f32."""
     model = model.clone()
-    model.reshape({0: list(images.shape)})
-    compiled = core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    result = compiled.create_infer_request().infer({0: images})
+    model.reshape({0: list(images_shape)})
+    return core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request()
+
+
+def _outputs(request: ov.InferRequest, images: np.ndarray) -> list[np.ndarray]:
+    """The float outputs of one inference on ``images``."""
+    result = request.infer({0: images})
     return [np.asarray(value) for value in result.values() if np.asarray(value).dtype.kind == "f"]
 
 
@@ -60,15 +64,16 @@ def supported_batch(model: ov.Model, input_size: tuple[int, int]) -> tuple[str |
         candidates, reason = (declared.get_length(),), f"its input declares a fixed batch of {declared.get_length()}"
     else:
         try:
-            together = _run(core, model, images)
-            alone = [_run(core, model, images[i : i + 1]) for i in range(PROBE_BATCH)]
+            together = _outputs(_compiled(core, model, images.shape), images)
+            single = _compiled(core, model, (1, *images.shape[1:]))  # compiled once for the three images
+            alone = [_outputs(single, images[i : i + 1]) for i in range(PROBE_BATCH)]
         except RuntimeError as error:
             reason = f"it does not run at batch {PROBE_BATCH}: {_first_line(error)}"
         else:
             same = all(
-                np.allclose(batched[i], single[0], rtol=RTOL, atol=ATOL)
+                np.allclose(batched[i], by_itself[0], rtol=RTOL, atol=ATOL)
                 for i, outputs in enumerate(alone)
-                for batched, single in zip(together, outputs, strict=True)
+                for batched, by_itself in zip(together, outputs, strict=True)
             )
             if same:
                 return "dynamic", ""
@@ -76,7 +81,8 @@ def supported_batch(model: ov.Model, input_size: tuple[int, int]) -> tuple[str |
         candidates = FALLBACK_BATCHES
     for batch in candidates:
         try:
-            _run(core, model, np.resize(images, (batch, *images.shape[1:])))
+            shape = (batch, *images.shape[1:])
+            _outputs(_compiled(core, model, shape), np.resize(images, shape))
         except RuntimeError:  # the next size may run
             continue
         return batch, reason

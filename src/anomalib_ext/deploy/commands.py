@@ -87,7 +87,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
-    from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES
+    from anomalib_ext.deploy.quantize import MIN_CALIBRATION_IMAGES, TARGETS
 
     parser.add_argument("--model-dir", required=True, type=Path, help="the FP32 export folder")
     parser.add_argument(
@@ -110,7 +110,7 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target",
-        choices=["any", "vnni"],
+        choices=list(TARGETS),
         default="any",
         help="the CPUs the INT8 model will run on. any (default): 7-bit weights, correct on every x86 CPU; "
         "vnni: full 8-bit weights, only for CPUs with AVX512-VNNI/AVX-VNNI/AMX (wrong maps elsewhere: there "
@@ -135,6 +135,8 @@ def _quantize_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _infer_arguments(parser: argparse.ArgumentParser) -> None:
+    from anomalib_ext.deploy.inferencer import Inferencer
+
     parser.add_argument("--model-dir", required=True, help="export folder (model.xml + metadata.json) or its .xml")
     parser.add_argument(
         "--input",
@@ -154,14 +156,14 @@ def _infer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timing", action="store_true", help="add per-image time (ms) to scores.csv")
     parser.add_argument(
         "--precision",
-        choices=["f32", "bf16", "auto"],
+        choices=list(Inferencer.PRECISIONS),
         default="f32",
         help="f32: the scores the model was evaluated with (default); auto/bf16: OpenVINO's bf16 on CPUs "
         "with AMX/AVX512-BF16, faster there but scores move by a few hundredths",
     )
     parser.add_argument(
         "--int8-arithmetic",
-        choices=["auto", "native", "simulated"],
+        choices=list(Inferencer.INT8_ARITHMETICS),
         default="auto",
         help="INT8 exports: native kernels, or quantisation simulated in f32 (a VNNI CPU's exact result on any "
         "CPU, slower). auto (default): native, but simulated for a --target vnni export on a CPU without VNNI",

@@ -92,9 +92,16 @@ def has_int8_dot_product(device: str = "CPU") -> bool:
     return any(part in kernel for part in DOT_PRODUCT_KERNELS)
 
 
-@functools.cache
 def cpu_report(device: str = "CPU") -> dict[str, Any]:
-    """CPU model, cores, ISA flags, OpenVINO's capabilities, default precision and INT8 kernel (JSON-ready)."""
+    """CPU model, cores, ISA flags, OpenVINO's capabilities, default precision and INT8 kernel (JSON-ready).
+
+    A fresh dict each call (read once per process): callers store it in metadata and reports.
+    """
+    return dict(_cpu_report(device))
+
+
+@functools.cache
+def _cpu_report(device: str) -> dict[str, Any]:
     import openvino as ov
 
     core = ov.Core()
