@@ -29,7 +29,7 @@ benchmark: setup  ## the README benchmark grid (AMFS, Patchcore, Padim on ../sha
 	$(BIN)/python tools/benchmark.py --config configs/benchmark/default.yaml --out results/benchmark
 
 bench-coreset: setup  ## our coreset vs anomalib's KCenterGreedy on 335 magnetic_tile images (~25 min)
-	$(BIN)/python tools/bench_coreset.py --images ../shared/data/magnetic_tile/train/good --limit 335 --size 256 --out results/coreset_bench_335.json
+	$(BIN)/python experiments/house/bench_coreset.py --images ../shared/data/magnetic_tile/train/good --limit 335 --size 256 --out results/coreset_bench_335.json
 
 clean:
 	rm -rf $(VENV) results

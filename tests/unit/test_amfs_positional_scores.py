@@ -7,7 +7,7 @@ import torch
 def _model(**kwargs):
     from anomalib_ext.models.amfs.torch_model import AMFSModel
 
-    return AMFSModel("tf_efficientnet_lite0", pre_trained=False, radius=0, **kwargs)
+    return AMFSModel("tf_efficientnet_lite0", pre_trained=False, positional={"radius": 0, **kwargs})
 
 
 def _training_features(n=12, d=4, size=3):
@@ -19,7 +19,7 @@ def _training_features(n=12, d=4, size=3):
 
 
 def test_scale_is_the_floored_leave_one_out_spread():
-    model = _model(position_scale=True)
+    model = _model(scale=True)
     features = _training_features()
     model.fit_positional(features)
     distances = model.positional.leave_one_out(features)
@@ -35,7 +35,7 @@ def test_scale_ranks_a_deviation_at_a_stable_place_above_the_same_at_a_varying_p
     query = features.mean(0, keepdim=True).repeat(2, 1, 1, 1)
     query[0, :, 0, 0] += 3.0  # same deviation, at the varying place ...
     query[1, :, 1, 1] += 3.0  # ... and at a stable one
-    scaled, shifted = _model(position_scale=True), _model(position_scale=False)
+    scaled, shifted = _model(scale=True), _model(scale=False)
     scaled.fit_positional(features)
     shifted.fit_positional(features)
     scaled_scores = scaled.positional_scores(query).flatten(1).amax(1)
@@ -44,5 +44,5 @@ def test_scale_ranks_a_deviation_at_a_stable_place_above_the_same_at_a_varying_p
 
 
 def test_scale_needs_the_baseline():
-    with pytest.raises(ValueError, match="position_baseline"):
-        _model(position_scale=True, position_baseline=False)
+    with pytest.raises(ValueError, match="baseline=False"):
+        _model(scale=True, baseline=False)

@@ -8,7 +8,7 @@ import torch
 def _model(**kwargs):
     from anomalib_ext.models.amfs.torch_model import AMFSModel
 
-    return AMFSModel("tf_efficientnet_lite0", pre_trained=False, radius=0, **kwargs)
+    return AMFSModel("tf_efficientnet_lite0", pre_trained=False, positional={"radius": 0, **kwargs})
 
 
 def _left_strip_unseen(columns_px: int, size: int = 64) -> torch.Tensor:

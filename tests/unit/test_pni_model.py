@@ -10,14 +10,16 @@ def _model(**kwargs):
     settings = {
         "embedding_ratio": 0.2,
         "distribution_size": 16,
-        "neighbourhood_size": 3,
-        "mlp_depth": 2,
-        "mlp_width": 32,
+        "neighborhood_size": 3,
+        "score_bank": "distribution",
         "refine": False,
-        "refine_backbone": "tf_efficientnet_lite0",
     }
+    mlp = {"depth": 2, "width": 32, "projection": None, "epochs": 1, "batch_size": 64} | kwargs.pop("mlp", {})
+    refiner = {"backbone": "tf_efficientnet_lite0", "scale": 1.0, "epochs": 1, "batch_size": 4} | kwargs.pop(
+        "refiner", {}
+    )
     settings |= kwargs
-    return PNIModel("tf_efficientnet_lite0", pre_trained=False, **settings)
+    return PNIModel("tf_efficientnet_lite0", pre_trained=False, mlp=mlp, refiner=refiner, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -31,9 +33,9 @@ def _fitted(training, **kwargs):
     model = _model(**kwargs).eval()
     with torch.no_grad():
         features = model.embedding(training)
-    model.fit(features, epochs=1, batch_size=64)
+    model.fit(features)
     images = (training * 255).round().to(torch.uint8)
-    model.fit_refinement(images, epochs=1, batch_size=4)  # nothing to do when refine=False
+    model.fit_refinement(images)  # nothing to do when refine=False
     return model.eval()
 
 
@@ -49,7 +51,7 @@ def test_fit_and_score(training):
 
 
 def test_without_either_distribution_every_element_is_allowed(training):
-    model = _fitted(training, use_neighbourhood=False, use_position=False)
+    model = _fitted(training, use_neighborhood=False, use_position=False)
     assert model.mlp is None and model.position.numel() == 0
     with torch.no_grad():
         features = model.embedding(training[:2])
@@ -59,7 +61,7 @@ def test_without_either_distribution_every_element_is_allowed(training):
 
 
 def test_position_only_and_neighbourhood_only(training):
-    position_only = _fitted(training, use_neighbourhood=False)
+    position_only = _fitted(training, use_neighborhood=False)
     neighbourhood_only = _fitted(training, use_position=False)
     assert position_only.mlp is None and position_only.position.numel()
     assert neighbourhood_only.mlp is not None and neighbourhood_only.position.numel() == 0
@@ -116,7 +118,7 @@ def test_eval_graph_traces_with_any_batch(training, refine):
 
 
 def test_the_embedding_bank_scores_against_all_of_c_emb_traces_and_reloads(training):
-    model = _fitted(training, score_bank="embedding", use_neighbourhood=False, use_position=False)
+    model = _fitted(training, score_bank="embedding", use_neighborhood=False, use_position=False)
     assert model.score.targets.shape[0] == int(6 * 8 * 8 * 0.2) and model.score.num_clusters == 16
     with torch.no_grad():
         features = model.embedding(training[:2])
@@ -141,7 +143,7 @@ def test_a_fitted_state_dict_loads_into_a_fresh_model(training):
 
 
 def test_a_left_out_centre_block_fits_and_reloads(training):
-    settings = {"neighbourhood_size": 5, "neighbourhood_centre_block": 3, "mlp_projection": 4}
+    settings = {"neighborhood_size": 5, "mlp": {"centre_block": 3, "projection": 4}}
     model = _fitted(training, **settings)
     assert model.mlp.net[0].in_features == 4 * 16  # the 5 x 5 ring only
     fresh = _model(**settings).eval()
@@ -149,55 +151,62 @@ def test_a_left_out_centre_block_fits_and_reloads(training):
     with torch.no_grad():
         assert torch.equal(fresh(training[:2]).anomaly_map, model(training[:2]).anomaly_map)
     with pytest.raises(ValueError, match="centre block"):
-        _model(neighbourhood_size=3, neighbourhood_centre_block=3)
-
-
-def test_the_refiner_can_fill_its_defects_with_foreign_content(training):
-    images = (training * 255).round().to(torch.uint8)
-    own = _fitted(training, refine=True)
-    foreign = _fitted(training, refine=True)
-    foreign.fit_refinement(images, epochs=1, batch_size=4, defect_source="noise")
-    with torch.no_grad():
-        assert not torch.equal(own(training[:2]).anomaly_map, foreign(training[:2]).anomaly_map)
-    with pytest.raises(FileNotFoundError, match="not a folder"):
-        foreign.fit_refinement(images, epochs=1, batch_size=4, defect_source="no/such/folder")
+        _model(neighborhood_size=3, mlp={"centre_block": 3})
 
 
 def test_the_refiner_can_hold_out_images_and_stop_early(training):
+    from anomalib_ext.models.pni.settings import RefinerSettings
+
     images = (training * 255).round().to(torch.uint8)
-    model = _fitted(training, refine=True)
-    history = model.fit_refinement(images, epochs=3, batch_size=2, validation=2, patience=1, learning_rate=1e-3)
+    schedule = {"epochs": 3, "batch_size": 2, "validation": 2, "patience": 1, "learning_rate": 1e-3}
+    model = _fitted(training, refine=True, refiner=schedule)
+    history = model.fit_refinement(images)
     assert 1 <= len(history.validation_loss) <= 3
     assert history.best_epoch == min(range(len(history.validation_loss)), key=history.validation_loss.__getitem__)
-    assert model.fit_refinement(images, epochs=1, batch_size=2).validation_loss == []  # the paper's: none held out
+    model.refiner_settings = RefinerSettings(backbone="tf_efficientnet_lite0", epochs=1, batch_size=2)
+    assert model.fit_refinement(images).validation_loss == []  # the paper's: none held out
 
 
-def test_lightning_pni_passes_the_refiner_schedule_on():
-    from anomalib.data import ImageBatch
+def test_lightning_pni_hands_its_settings_groups_to_the_network():
+    from anomalib_ext.models.pni.settings import NeighborhoodMLPSettings, RefinerSettings
 
-    model = _lightning_pni(refine_validation=2, refine_patience=1, refine_epochs=2, refine_learning_rate=1e-3)
-    seen = {}
-    model.model.fit_refinement = lambda images, **kwargs: seen.update(kwargs)
-    for _ in range(2):
-        model.training_step(ImageBatch(image=torch.rand(3, 3, 32, 32)))
-    model.fit()
-    assert {k: seen[k] for k in ("validation", "patience", "epochs", "learning_rate")} == {
-        "validation": 2,
-        "patience": 1,
-        "epochs": 2,
-        "learning_rate": 1e-3,
-    }
+    model = _lightning_pni(refiner={"validation": 2, "patience": 1, "epochs": 2}, mlp=NeighborhoodMLPSettings(depth=4))
+    assert model.model.refiner_settings == RefinerSettings(
+        backbone="tf_efficientnet_lite0", validation=2, patience=1, epochs=2
+    )
+    assert model.model.mlp_settings.depth == 4 and model.model.neighborhood_size == 3
+    with pytest.raises(ValueError, match="RefinerSettings has no setting 'normal_share'"):
+        _lightning_pni(refiner={"normal_share": 0.5})  # removed: measured no gain (README)
+
+
+def test_lightning_and_torch_pni_share_every_default():
+    import inspect
+
+    from anomalib_ext.models import PNI
+    from anomalib_ext.models.pni.torch_model import PNIModel
+
+    network = inspect.signature(PNIModel).parameters
+    shared = [name for name in inspect.signature(PNI).parameters if name in network]
+    assert len(shared) == len(network)  # the network takes nothing the Lightning model does not
+    for name in shared:
+        assert inspect.signature(PNI).parameters[name].default == network[name].default, name
+
+
+def test_mode_strings_are_checked_at_construction():
+    with pytest.raises(ValueError, match="score_bank must be one of 'embedding', 'distribution'"):
+        _model(score_bank="embeddings")
 
 
 def _lightning_pni(**kwargs):
     from anomalib_ext.models import PNI
 
+    refiner = {"backbone": "tf_efficientnet_lite0"} | kwargs.pop("refiner", {})
     return PNI(
         "tf_efficientnet_lite0",
         pre_trained=False,
         distribution_size=8,
-        neighbourhood_size=3,
-        refine_backbone="tf_efficientnet_lite0",
+        neighborhood_size=3,
+        refiner=refiner,
         evaluator=False,
         visualizer=False,
         **kwargs,
@@ -214,7 +223,7 @@ def test_one_training_image_is_refused_before_fitting():
 
 
 def test_switching_a_part_off_after_fitting_equals_fitting_without_it(training):
-    """tools/pni_ablation.py scores every ablation variant from one fit; that relies on this."""
+    """experiments/pni/ablation.py scores every ablation variant from one fit; that relies on this."""
 
     def fitted(**kwargs):
         torch.manual_seed(1)  # the same random backbone for every model (with ImageNet weights it is given)
@@ -222,7 +231,7 @@ def test_switching_a_part_off_after_fitting_equals_fitting_without_it(training):
 
     full = fitted(refine=True)
     without_position = fitted(use_position=False)
-    without_mlp = fitted(use_neighbourhood=False)
+    without_mlp = fitted(use_neighborhood=False)
     without_refine = fitted()
     with torch.no_grad():
         assert torch.equal(full.coarse_map(training), without_refine.coarse_map(training))

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torchvision import tv_tensors
 
-from anomalib_ext.transforms import ORBAlign, PyramidBlocks, ReferenceFeatures, estimate_homography, num_blocks
+from anomalib_ext.components.pyramid_blocks import PyramidBlocks, num_blocks
+from anomalib_ext.transforms import ORBAlign, ReferenceFeatures, estimate_homography
 from anomalib_ext.transforms.align import ORBSettings, to_gray_uint8, warp_tensor
 
 
@@ -249,67 +250,14 @@ def test_orb_settings_from_a_yaml_block():
     assert model.orb == ORBSettings(method="ransac")
 
 
-def _planar_light(size: int, level: float, gx: float, gy: float) -> np.ndarray:
-    centres = (np.arange(size) + 0.5) / size - 0.5
-    yy, xx = np.meshgrid(centres, centres, indexing="ij")
-    return np.repeat((level * (1 + gx * xx + gy * yy))[..., None], 3, 2).astype(np.float32)
-
-
-def test_fill_light_gain_lights_the_fill_as_the_photograph_is_lit():
-    from anomalib_ext.transforms.align import fill_light_gain
-
-    rng = np.random.default_rng(0)
-    reference = cv2.GaussianBlur(rng.uniform(0.2, 0.8, (128, 128, 3)).astype(np.float32), (0, 0), 3)
-    light = _planar_light(128, 0.9, 0.25, -0.2)  # each photograph has its own light
-    outside = np.zeros((128, 128), np.uint8)
-    outside[:, :24] = 1  # the left strip: the photograph did not show it, the reference fills it
-    aligned = np.where(outside[..., None] > 0, reference, reference * light)
-    gain = fill_light_gain(aligned, reference, outside)
-    assert gain is not None and gain.shape == (128, 128, 3)
-    step_before = np.abs(reference - reference * light)[:, :24].mean()
-    step_after = np.abs(reference * gain - reference * light)[:, :24].mean()
-    assert step_after < 0.1 * step_before  # extrapolated into the unseen strip, not only fitted where seen
-    nothing_seen = np.ones((128, 128), np.uint8)
-    assert fill_light_gain(aligned, reference, nothing_seen) is None
-
-
-def test_light_matched_fill_needs_the_reference_fill():
-    from anomalib_ext.transforms.align import BatchAligner
-
-    reference = np.zeros((64, 64, 3), np.uint8)
-    with pytest.raises(ValueError, match="match_fill_light"):
-        BatchAligner(reference, ORBSettings(), fill_from_reference=False, match_fill_light=True)
-
-
-def test_light_matched_fill_leaves_the_photo_and_narrows_the_light_step_at_the_seam(tmp_path):
-    from anomalib_ext.data.garment_print import make_design, photograph, render_design
+def test_an_export_with_the_removed_light_matched_fill_is_refused_in_one_sentence(tmp_path):
+    from anomalib_ext.export_format import ModelFilesError
     from anomalib_ext.host_steps import HostPipeline, load_host_steps
     from anomalib_ext.transforms.align import AlignmentStep
 
-    rng = np.random.default_rng(0)
-    design = make_design(rng, 256)
-    image, mask = render_design(design, rng, None)
-    reference = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-    photo, _ = photograph(image, mask, design, rng)  # its own pose and light
-    tensor = torch.from_numpy(np.ascontiguousarray(photo, dtype=np.float32)).permute(2, 0, 1)[None]
-    plain_step = AlignmentStep(reference, ORBSettings())
-    lit_step = AlignmentStep(reference, ORBSettings(), match_fill_light=True)
-    plain, homographies = plain_step.prepare(tensor)
-    lit, _ = lit_step.prepare(tensor)
-    assert plain_step.aligner.failures == 0 and lit_step.aligner.failures == 0
-    outside = torch.from_numpy(lit_step.aligner._outside_photo(homographies[0], (256, 256))).bool()
-    assert 0 < outside.float().mean() < 0.5
-    assert torch.equal(plain[0][:, ~outside], lit[0][:, ~outside])  # the photograph itself is untouched
-    # the light step across the seam: fill just outside vs photo just inside the outline
-    grow = torch.nn.functional.max_pool2d(outside[None, None].float(), 7, stride=1, padding=3)[0, 0] > 0
-    shrink = torch.nn.functional.max_pool2d((~outside)[None, None].float(), 7, stride=1, padding=3)[0, 0] > 0
-    ring_out, ring_in = outside & shrink, ~outside & grow
-
-    def step(images):
-        return (images[0][:, ring_out].mean(1) - images[0][:, ring_in].mean(1)).abs().mean()
-
-    assert step(lit) < 0.5 * step(plain)
-    folder = tmp_path / "export"
-    folder.mkdir()
-    config = HostPipeline([lit_step]).save(folder)
-    assert load_host_steps(folder, config).steps[0].match_fill_light
+    reference = np.zeros((64, 64, 3), np.uint8)
+    config = HostPipeline([AlignmentStep(reference, ORBSettings())]).save(tmp_path)
+    assert load_host_steps(tmp_path, config)  # this version's export loads
+    config["align"]["match_fill_light"] = True  # what an export made with the removed option recorded
+    with pytest.raises(ModelFilesError, match=r"before anomalib-ext 0\.2.*export the model again"):
+        load_host_steps(tmp_path, config)

@@ -34,6 +34,18 @@ def import_class(class_path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``overrides``; a settings group given as a mapping in both is merged field by field.
+
+    ``{fusion: {epochs: 5}}`` over a file's ``{fusion: {holdout: 0.2}}`` keeps the hold-out.
+    """
+    result = dict(base)
+    for key, value in overrides.items():
+        both_mappings = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = merged(result[key], value) if both_mappings else value
+    return result
+
+
 def resolve_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
     """``{class_path, init_args}`` from a spec, a ``config`` reference in it, or a YAML file path."""
     if isinstance(spec, (str, Path)):
@@ -45,7 +57,7 @@ def resolve_spec(spec: dict[str, Any] | str | Path) -> dict[str, Any]:
         base = yaml.safe_load(path.read_text())
         spec = {
             "class_path": base["class_path"],
-            "init_args": {**base.get("init_args", {}), **spec.get("init_args", {})},
+            "init_args": merged(base.get("init_args") or {}, spec.get("init_args") or {}),
         }
     if "class_path" not in spec:
         msg = f"A model or data spec needs class_path (or config: a YAML file with one), got {sorted(spec)}"

@@ -28,55 +28,33 @@ from anomalib.models import Patchcore
 
 from anomalib_ext.data.mvtec_like import resize_like_preprocessor
 from anomalib_ext.export_format import model_input_size, normalize_step
-from anomalib_ext.host_steps import HostPipeline
-from anomalib_ext.models.base import HostStepsMixin
-from anomalib_ext.transforms.align import AlignmentStep, ORBSettings, choose_reference, orb_settings, to_uint8_hwc
+from anomalib_ext.models.alignment import AlignmentMixin
+from anomalib_ext.transforms.align import to_uint8_hwc
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_CANDIDATES = 8  # first training images the reference is chosen from
 
 
-class AlignedMixin(HostStepsMixin):
+class AlignedMixin(AlignmentMixin):
     """Mixed in before an anomalib model class: alignment to a reference training image around it.
 
-    Call :meth:`_init_alignment` in ``__init__`` after the model's own ``__init__``.
+    Takes the alignment's arguments (:class:`~anomalib_ext.models.alignment.AlignmentMixin`) and the model
+    class's.
     """
 
     align_reference: torch.Tensor
 
-    def _init_alignment(
-        self,
-        orb: ORBSettings | dict[str, Any],
-        reference: str,
-        *,
-        fill_from_reference: bool,
-        match_fill_light: bool = False,
-    ) -> None:
-        self.orb = orb_settings(orb)
-        self.reference_mode = reference
-        self.fill_from_reference = fill_from_reference
-        self.match_fill_light = match_fill_light
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
         self.register_buffer("align_reference", torch.empty(0, dtype=torch.uint8))  # (H, W, 3) once trained
-        self._host_steps: HostPipeline | None = None
 
-    def host_steps(self) -> HostPipeline:
-        """The ``align`` step to the reference training image."""
-        if self._host_steps is None:
-            if self.align_reference.numel() == 0:
-                msg = f"{type(self).__name__} has no alignment reference yet: train it (or load a checkpoint) first."
-                raise RuntimeError(msg)
-            step = AlignmentStep(
-                self.align_reference.cpu().numpy(),
-                self.orb,
-                fill_from_reference=self.fill_from_reference,
-                match_fill_light=self.match_fill_light,
-            )
-            self._host_steps = HostPipeline([step])
-        return self._host_steps
+    def alignment_reference(self) -> torch.Tensor:
+        """The checkpointed reference buffer."""
+        return self.align_reference
 
     def _set_reference(self, candidates: list[torch.Tensor]) -> None:
-        index = choose_reference(candidates, self.reference_mode, self.orb)
+        index = self.choose_reference(candidates)
         self.align_reference = torch.from_numpy(to_uint8_hwc(candidates[index])).to(self.device)
         self._host_steps = None
 
@@ -129,7 +107,7 @@ class AlignedMixin(HostStepsMixin):
 
     def on_train_epoch_end(self) -> None:
         """Say so once if most training images could not be aligned; then the wrapped model's hook (fit)."""
-        aligner = self.host_steps().steps[0].aligner if self.align_reference.numel() else None
+        aligner = self.aligner() if self.align_reference.numel() else None
         if aligner is not None and aligner.total and aligner.failures > aligner.total / 2:
             logger.warning(
                 "%s: %d of %d training images could not be aligned to the reference and were used as they are; "
@@ -150,52 +128,16 @@ class AlignedMixin(HostStepsMixin):
 
 
 class AlignedPatchcore(AlignedMixin, Patchcore):
-    """anomalib's Patchcore on images aligned to a reference training image (``align`` host step).
-
-    Args:
-        orb: alignment settings (:class:`ORBSettings`; default: guided ORB matching with the agreement check).
-        reference: ``best`` (the image of the first batch the others align to best) or ``first``.
-        fill_from_reference: show the reference where an aligned image has no pixels (outside its borders);
-            the default, False, repeats the photograph's edge pixels there (measured better on SyntheticGPD:
-            the seam between photo and reference fill made normal images peak at the border; see PNI's README).
-        match_fill_light: light that fill as each photograph is lit (measured: no gain over the plain fill).
-        **kwargs: anomalib's Patchcore arguments (backbone, layers, coreset_sampling_ratio, ...).
-    """
-
-    def __init__(
-        self,
-        *,
-        orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
-        reference: str = "best",
-        fill_from_reference: bool = False,
-        match_fill_light: bool = False,
-        **kwargs,
-    ) -> None:
-        super().__init__(**kwargs)
-        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference, match_fill_light=match_fill_light)
+    """anomalib's Patchcore on images aligned to a reference training image (arguments: :class:`AlignedMixin`)."""
 
 
 def aligned(model_class: type) -> type:
     """``Aligned<Model>``: the anomalib model class ``model_class`` behind the ``align`` host step.
 
-    The returned class takes the model's arguments plus ``orb``, ``reference``, ``fill_from_reference`` and
-    ``match_fill_light``.
-    It is built at run time, so nothing can import it by name: load its checkpoints with
-    ``cls.load_from_checkpoint`` on the class object you made; for anomalib's CLI (class paths in YAML) use
-    a module-level class such as :class:`AlignedPatchcore`.
+    The returned class takes the model's arguments plus the alignment's (:class:`AlignedMixin`). It is built
+    at run time, so nothing can import it by name: load its checkpoints with ``cls.load_from_checkpoint`` on
+    the class object you made; for anomalib's CLI (class paths in YAML) use a module-level class such as
+    :class:`AlignedPatchcore`.
     """
-
-    def init(
-        self: Any,  # ruff: ignore[any-type] - the class built below
-        *,
-        orb: ORBSettings = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass
-        reference: str = "best",
-        fill_from_reference: bool = False,
-        match_fill_light: bool = False,
-        **kwargs,
-    ) -> None:
-        model_class.__init__(self, **kwargs)
-        self._init_alignment(orb, reference, fill_from_reference=fill_from_reference, match_fill_light=match_fill_light)
-
     name = f"Aligned{model_class.__name__}"
-    return type(name, (AlignedMixin, model_class), {"__init__": init, "__doc__": f"{name}: see aligned()."})
+    return type(name, (AlignedMixin, model_class), {"__doc__": f"{name}: see aligned()."})

@@ -1,4 +1,7 @@
-"""Transforms usable as dataset augmentations with any anomalib model."""
+"""Transforms on the host, usable with any anomalib model: ORB alignment to a reference image.
+
+(The pyramid blocks run inside a model's graph: :mod:`anomalib_ext.components.pyramid_blocks`.)
+"""
 
 from anomalib_ext.transforms.align import (
     AlignmentResult,
@@ -8,15 +11,12 @@ from anomalib_ext.transforms.align import (
     align,
     estimate_homography,
 )
-from anomalib_ext.transforms.pyramid import PyramidBlocks, num_blocks
 
 __all__ = [
     "AlignmentResult",
     "ORBAlign",
     "ORBSettings",
-    "PyramidBlocks",
     "ReferenceFeatures",
     "align",
     "estimate_homography",
-    "num_blocks",
 ]

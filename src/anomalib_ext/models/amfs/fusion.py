@@ -12,15 +12,17 @@ with a logistic loss that pushes ``s`` up for anomalies and down for normals.
 
 from __future__ import annotations
 
-import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from torch import nn
-from tqdm import tqdm
 
-logger = logging.getLogger(__name__)
+from anomalib_ext.components.inner_training import outside_inference_mode, train_part
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 SCORING_MODES = ("fusion", "fusion_softmax", "linear", "max", "mean")
 
@@ -109,8 +111,7 @@ class ScoreFusion(nn.Module):
         """Train on (N, nb, 1, h, w) maps, (N, nb) scores and (N,) 0/1 labels; returns the loss per epoch."""
         if not self.trainable:
             return []
-        # Lightning may call the memory-bank fit() inside inference mode (on_validation_start).
-        with torch.inference_mode(mode=False), torch.enable_grad():
+        with outside_inference_mode():  # Lightning calls the memory-bank fit() inside inference mode
             return self._fit(block_maps.clone(), block_scores.clone(), labels.clone(), epochs, lr, batch_size, seed)
 
     def _fit(
@@ -150,21 +151,14 @@ class ScoreFusion(nn.Module):
         params = [p for p in self.parameters() if p.requires_grad] + [slope, offset]
         optimizer = torch.optim.Adam(params, lr=lr)
         generator = torch.Generator().manual_seed(seed)
-        losses = []
-        self.train()
-        for _ in tqdm(range(epochs), desc="Training F_fusion", leave=False):
+
+        def epoch_losses(_: int) -> Iterator[tuple[torch.Tensor, int]]:
             order = torch.randperm(len(labels), generator=generator)
-            total = 0.0
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
                 score = self(block_maps[idx], block_scores[idx]) / self.score_scale
                 logits = F.softplus(slope) * (score - centre) / spread + offset
-                loss = F.binary_cross_entropy_with_logits(logits, labels[idx].float())
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(idx)
-            losses.append(total / len(order))
-        self.eval()
-        logger.info("F_fusion (%s) trained: loss %.4f -> %.4f", self.mode, losses[0], losses[-1])
-        return losses
+                yield F.binary_cross_entropy_with_logits(logits, labels[idx].float()), len(idx)
+
+        history = train_part(self, optimizer, epoch_losses, epochs=epochs, name=f"F_fusion ({self.mode})")
+        return history.train_loss

@@ -26,23 +26,18 @@ from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
 from anomalib_ext.host_steps import HostPipeline
-from anomalib_ext.models.amfs.synthetic import check_fusion_anomalies, fusion_training_set
+from anomalib_ext.models.alignment import AlignmentMixin
+from anomalib_ext.models.amfs.settings import FusionSettings, Matching, PositionalSettings, Scoring
+from anomalib_ext.models.amfs.synthetic import fusion_training_set
 from anomalib_ext.models.amfs.torch_model import AMFSModel
-from anomalib_ext.models.base import HostStepsMixin
 from anomalib_ext.models.one_pass import OnePassFitMixin
-from anomalib_ext.transforms.align import (
-    AlignmentStep,
-    BatchAligner,
-    ORBSettings,
-    choose_reference,
-    orb_settings,
-    to_uint8_hwc,
-)
+from anomalib_ext.settings import arguments_for, as_settings
+from anomalib_ext.transforms.align import to_uint8_hwc
 
 logger = logging.getLogger(__name__)
 
 
-class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
+class AMFS(AlignmentMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
     """AMFS anomaly detector.
 
     Args:
@@ -50,49 +45,29 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         layers: backbone layers whose features are concatenated.
         pre_trained: ImageNet weights (never silently random: see ``anomalib_ext.backbones``).
         backbone_weights: a weights file for the backbone.
-        levels: pyramid levels N (paper default 3 → 21 blocks).
-        matching: ``positional`` (default: each patch against the training patches within ``radius`` cells of
-            its aligned position, full feature resolution), ``blocks`` (the paper's per-block banks + ``scoring``)
-            or ``both`` (the worse of the two).
-        radius: positional window in feature cells per axis (a cell is 8 px at the default layers).
-        position_baseline: subtract each position's leave-one-out mean training distance (see ``AMFSModel``).
-        position_scale: also divide by each position's (floored) leave-one-out spread (see ``AMFSModel``).
-        unseen_margin: the image score leaves out cells the photograph did not show (filled from the reference
-            by alignment) and this many cells around them (see ``AMFSModel``); ``None`` scores every cell.
-            Needs ``fill_from_reference`` (the align step then marks those pixels and the graph fills them).
-        positional_max_images: at most this many training images in the positional bank (memory grows with
-            it: images x D x h x w floats); a seeded random subset beyond.
-        max_align_failures: if more than this fraction of training images fail to align, fall back to a
-            global bank (PatchCore behaviour) without alignment. Positional matching assumes that (nearly)
-            every image registers: printed garments fail on 0-6 of 189 images (SyntheticGPD, six designs);
-            at 0.5, tire (46% failures) kept positional banks and lost to Patchcore (README, issue 12).
-        min_positional_images: fall back to the global bank if fewer training images than this are
-            available for the positional bank.
+        levels: pyramid levels N (paper default 3 -> 21 blocks).
+        matching: ``positional`` (default: each patch against the training patches near its aligned position,
+            full feature resolution; :class:`PositionalSettings`), ``blocks`` (the paper's per-block banks +
+            ``scoring``) or ``both`` (the worse of the two).
         coreset_sampling_ratio: coreset fraction per block bank (paper 1%), and of the global fallback bank.
         num_neighbors: k for PatchCore's score re-weighting (9).
         scoring: ``fusion`` (F_fusion, paper: w_ij = F(m_ij), sigmoid-bounded), ``fusion_softmax`` (weights
             normalised over blocks), ``linear`` (learned fixed weights), ``max`` or ``mean``.
-        align: I-RA on/off (the ``align`` host step of :mod:`anomalib_ext.transforms.align`).
-        reference: ``best`` (the training image others align to with most inliers) or ``first``.
-        fill_from_reference: where an aligned image has no pixels (outside the photo's borders), show the
-            reference there (default) instead of repeating the edge pixels.
-        orb: every ORB / RANSAC / sanity-check setting of the alignment (:class:`ORBSettings`; the AMFS
-            authors' recipe by default: 500 features, best 15% of matches, 3 px RANSAC).
-        fusion_holdout: fraction of training images kept out of the banks to train F_fusion on (images
-            that are in the banks score ~0 and would teach the fusion nothing).
-        fusion_max_images: at most this many held-out images (F_fusion is small; more only costs time).
-        holdout_to_banks: after F_fusion is trained, rebuild the banks from every training image but the
-            reference, so the held-out images are not lost to the banks.
-        fusion_samples_per_image: synthetic anomalies and augmented normals made per held-out image.
-        fusion_epochs: F_fusion training epochs.
-        fusion_anomalies: synthetic anomaly kinds F_fusion is trained on, cycled per sample: ``perlin``
-            (the paper's DRAEM-style texture blobs), ``cutpaste`` (small pieces of the image moved
-            elsewhere: locally normal, wrongly placed), ``scar`` (CutPaste-Scar strips).
-        texture_dir: textures for DRAEM-style anomalies (e.g. DTD); ``None`` = anomalib's noise textures.
+        align: I-RA on/off (the ``align`` host step; its arguments ``orb``, ``reference`` and
+            ``fill_from_reference`` are :class:`~anomalib_ext.models.alignment.AlignmentMixin`'s; AMFS fills
+            from the reference by default).
+        max_align_failures: if more than this fraction of training images fail to align, fall back to a
+            global bank (PatchCore behaviour) without alignment. Positional matching assumes that (nearly)
+            every image registers: printed garments fail on 0-6 of 189 images (SyntheticGPD, six designs);
+            at 0.5, tire (46% failures) kept positional banks and lost to Patchcore (README).
+        positional: the positional matching (:class:`PositionalSettings`).
+        fusion: F_fusion's training set and training (:class:`FusionSettings`).
         seed: seeds hold-out split, synthesis and coreset starts.
+        **kwargs: the alignment's arguments (``orb``, ``reference``, ``fill_from_reference``).
     """
 
     default_image_size = (512, 512)  # the paper's input size (the pre-processor's default)
+    default_fill_from_reference = True  # the graph fills unseen pixels itself and leaves them out of the score
 
     def __init__(
         self,
@@ -102,73 +77,38 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         levels: int = 3,
-        matching: str = "positional",
-        radius: int = 1,
-        position_baseline: bool = True,
-        position_scale: bool = True,
-        unseen_margin: int | None = 2,
-        positional_max_images: int = 128,
-        max_align_failures: float = 0.2,
-        min_positional_images: int = 8,
+        matching: Matching = "positional",
         coreset_sampling_ratio: float = 0.01,
         num_neighbors: int = 9,
-        scoring: str = "fusion",
+        scoring: Scoring = "fusion",
         align: bool = True,
-        reference: str = "best",
-        fill_from_reference: bool = True,
-        orb: ORBSettings | dict[str, Any] = ORBSettings(),  # ruff: ignore[function-call-in-default-argument] - frozen dataclass, never mutated
-        fusion_holdout: float = 0.2,
-        fusion_max_images: int = 32,
-        holdout_to_banks: bool = True,
-        fusion_samples_per_image: int = 8,
-        fusion_epochs: int = 60,
-        fusion_anomalies: Sequence[str] = ("perlin",),
-        texture_dir: str | None = None,
+        max_align_failures: float = 0.2,
+        positional: PositionalSettings = PositionalSettings(),
+        fusion: FusionSettings = FusionSettings(),
         seed: int = 0,
         pre_processor: nn.Module | bool = True,
         post_processor: nn.Module | bool = True,
         evaluator: Evaluator | bool = True,
         visualizer: Visualizer | bool = True,
+        **kwargs,
     ) -> None:
+        network_arguments = arguments_for(AMFSModel, locals())
         super().__init__(
             pre_processor=pre_processor,
             post_processor=post_processor,
             evaluator=evaluator,
             visualizer=visualizer,
+            **kwargs,
         )
-        self.model = AMFSModel(
-            backbone,
-            tuple(layers),
-            pre_trained=pre_trained,
-            backbone_weights=backbone_weights,
-            levels=levels,
-            num_neighbors=num_neighbors,
-            scoring=scoring,
-            matching=matching,
-            radius=radius,
-            position_baseline=position_baseline,
-            position_scale=position_scale,
-            unseen_margin=unseen_margin,
-        )
-        self.positional_max_images = positional_max_images
+        self.model = AMFSModel(**network_arguments)
+        self.positional_settings = as_settings(PositionalSettings, positional)
+        self.fusion_settings = as_settings(FusionSettings, fusion)
         self.max_align_failures = max_align_failures
-        self.min_positional_images = min_positional_images
         self.fallback_reason = ""  # why the global bank replaced the positional/block banks ("" = it did not)
         self.coreset_sampling_ratio = coreset_sampling_ratio
         self.align = align
-        self.reference_mode = reference
-        self.fill_from_reference = fill_from_reference
-        self.orb = orb_settings(orb)  # a YAML `orb:` block arrives as a dict outside anomalib's CLI
-        self.fusion_holdout = fusion_holdout
-        self.fusion_max_images = fusion_max_images
-        self.holdout_to_banks = holdout_to_banks
-        self.fusion_samples_per_image = fusion_samples_per_image
-        self.fusion_epochs = fusion_epochs
-        self.fusion_anomalies = check_fusion_anomalies(fusion_anomalies)  # fail at construction, not after the banks
-        self.texture_dir = texture_dir
         self.seed = seed
         self._train_images: list[tuple[str | None, torch.Tensor]] = []  # (path, uint8 image) as collected
-        self._host_steps: HostPipeline | None = None  # built from the reference, after fit or checkpoint loading
 
     # ---- training ----------------------------------------------------------------------------
     def training_step(self, batch: Batch, *args, **kwargs) -> torch.Tensor:
@@ -211,7 +151,7 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
             raise ValueError(msg)
         self.model.global_memory.bank = torch.empty(0, device=self.device)  # a refit decides afresh
         self.fallback_reason = ""
-        ref_index = choose_reference(images, self.reference_mode, self.orb) if self.align else 0
+        ref_index = self.choose_reference(images) if self.align else 0
         self.model.reference = torch.from_numpy(to_uint8_hwc(images[ref_index])).to(self.device)
         self._host_steps = None
         rest = [img for i, img in enumerate(images) if i != ref_index]
@@ -228,14 +168,14 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
 
     def _fallback_reason(self, num_images: int) -> str:
         """Why positional/block banks cannot work here ("" if they can), from the alignment of the training images."""
-        aligner = self._aligner()
+        aligner = self.aligner()
         if aligner is not None and aligner.failures > self.max_align_failures * aligner.total:
             return (
                 f"{aligner.failures} of {aligner.total} training images could not be aligned to the reference "
                 f"(more than max_align_failures={self.max_align_failures})"
             )
-        if self.model.matching != "blocks" and num_images < self.min_positional_images:
-            return f"only {num_images} training images (min_positional_images={self.min_positional_images})"
+        if self.model.matching != "blocks" and num_images < self.positional_settings.min_images:
+            return f"only {num_images} training images (positional min_images={self.positional_settings.min_images})"
         return ""
 
     def _fit_global(self, images: list[torch.Tensor], reason: str) -> None:
@@ -255,8 +195,9 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
     def _fit_positional(self, reference: torch.Tensor, aligned_rest: torch.Tensor) -> None:
         """Every aligned training image's feature grid (the reference included), at most positional_max_images."""
         aligned = torch.cat([reference.to(aligned_rest.device).float().div(255)[None], aligned_rest])
-        if len(aligned) > self.positional_max_images:
-            keep = np.sort(np.random.default_rng(self.seed).permutation(len(aligned))[: self.positional_max_images])
+        max_images = self.positional_settings.max_images
+        if len(aligned) > max_images:
+            keep = np.sort(np.random.default_rng(self.seed).permutation(len(aligned))[:max_images])
             aligned = aligned[torch.from_numpy(keep).to(aligned.device)]
         features = self._embed_full_all(aligned)
         self.model.fit_positional(features)
@@ -270,27 +211,28 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
     def _fit_blocks(self, rest: list[torch.Tensor], aligned_rest: torch.Tensor) -> None:
         """The paper's A-MES: per-block coresets; F_fusion on held-out images when ``matching="blocks"``."""
         trains_fusion = self.model.matching == "blocks" and self.model.fusion.trainable
+        settings = self.fusion_settings
         rng = np.random.default_rng(self.seed)
-        n_holdout = round(len(rest) * self.fusion_holdout) if trains_fusion else 0
-        n_holdout = min(max(n_holdout, 1 if trains_fusion else 0), len(rest) - 1, self.fusion_max_images)
+        n_holdout = round(len(rest) * settings.holdout) if trains_fusion else 0
+        n_holdout = min(max(n_holdout, 1 if trains_fusion else 0), len(rest) - 1, settings.max_images)
         order = torch.from_numpy(rng.permutation(len(rest))).to(aligned_rest.device)
         aligned_holdout, aligned_bank = aligned_rest[order[:n_holdout]], aligned_rest[order[n_holdout:]]
         embeddings = self._embed_all(aligned_bank)
         self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
         banked = len(aligned_bank)
         if n_holdout:
-            aligner = self._aligner()
+            aligner = self.aligner()
             maps, scores, labels = fusion_training_set(
                 self.model,
                 aligned_holdout,
-                samples_per_image=self.fusion_samples_per_image,
-                texture_dir=self.texture_dir,
+                samples_per_image=settings.samples_per_image,
+                texture_dir=settings.texture_dir,
                 seed=self.seed,
                 fill=aligner.fill if aligner is not None else None,
-                kinds=self.fusion_anomalies,
+                kinds=settings.anomalies,
             )
-            self.model.fusion.fit(maps, scores, labels, epochs=self.fusion_epochs, seed=self.seed)
-            if self.holdout_to_banks:
+            self.model.fusion.fit(maps, scores, labels, epochs=settings.epochs, seed=self.seed)
+            if settings.holdout_to_banks:
                 embeddings = torch.cat([embeddings, self._embed_all(aligned_holdout)])
                 self.model.build_banks(embeddings, self.coreset_sampling_ratio, seed=self.seed)
                 banked = len(rest)
@@ -310,32 +252,18 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         batch = torch.stack(images).to(self.device).float().div(255)  # (N, 3, H, W) in [0, 1]
         return self.model.fill_unseen(self.host_steps().prepare(batch)[0])[0]
 
-    # ---- host steps (validation/test/predict steps and export routes: HostStepsMixin) --------------
-    def host_steps(self) -> HostPipeline:
-        """Alignment to the reference training image when ``align`` (I-RA); none otherwise or after the fallback."""
-        if not self.align or self.model.uses_global_bank:
-            return HostPipeline()
-        if self._host_steps is None:
-            if self.model.reference.numel() == 0:
-                msg = "AMFS has no reference image yet: train it (or load a trained checkpoint) first."
-                raise RuntimeError(msg)
-            step = AlignmentStep(
-                self.model.reference.cpu().numpy(),
-                self.orb,
-                fill_from_reference=self.fill_from_reference,
-                # the graph fills the reference in itself and leaves the unseen cells out of the image score
-                mark_unseen=self.fill_from_reference and self.model.unseen_margin is not None,
-            )
-            self._host_steps = HostPipeline([step])
-        return self._host_steps
+    # ---- alignment (AlignmentMixin: the align host step, validation/test/predict and export routes) ----
+    def alignment_reference(self) -> torch.Tensor:
+        """The reference image, a buffer of the network (its graph fills unseen pixels from it)."""
+        return self.model.reference
 
-    def _aligner(self) -> BatchAligner | None:
-        """The alignment step's aligner (failure counts, fill image), or None without alignment.
+    def aligns(self) -> bool:
+        """I-RA when ``align``, unless the model fell back to the global bank."""
+        return self.align and not self.model.uses_global_bank
 
-        A method, not a property: tracing inspects every attribute of the module.
-        """
-        steps = self.host_steps().steps
-        return steps[0].aligner if steps and isinstance(steps[0], AlignmentStep) else None
+    def marks_unseen(self) -> bool:
+        """The graph fills the reference in itself and leaves the unseen cells out of the image score."""
+        return self.fill_from_reference and self.model.unseen_margin is not None
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record the global-bank fallback and its reason (the banks themselves are in the state dict)."""
@@ -343,7 +271,6 @@ class AMFS(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         checkpoint["amfs_fallback"] = self.fallback_reason
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the fallback reason; the host steps are rebuilt from the loaded reference on first use."""
+        """Restore the fallback reason (the host steps are rebuilt from the loaded reference on first use)."""
         super().on_load_checkpoint(checkpoint)
         self.fallback_reason = checkpoint.get("amfs_fallback", "")
-        self._host_steps = None

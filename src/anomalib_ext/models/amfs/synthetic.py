@@ -10,27 +10,14 @@ import torch
 from torchvision.transforms.v2 import RandomAffine
 
 from anomalib_ext.components.synthesis import cutpaste, cutpaste_scar, perlin_anomaly_generator
+from anomalib_ext.models.amfs.settings import check_fusion_anomalies
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from anomalib_ext.models.amfs.torch_model import AMFSModel
 
-# Anomaly kinds F_fusion can be trained on. ``perlin`` is the paper's (DRAEM: texture in Perlin blobs,
-# locally abnormal). ``cutpaste`` moves a small piece of the image itself elsewhere (0.2-2% of the area,
-# GPD's defect scale): locally normal content at the wrong place, the positional anomaly AMFS is for.
-# ``scar`` is CutPaste-Scar, a thin strip of the image.
-FUSION_ANOMALIES = ("perlin", "cutpaste", "scar")
 SMALL_CUTPASTE_AREA = (0.002, 0.02)
-
-
-def check_fusion_anomalies(kinds: Sequence[str]) -> tuple[str, ...]:
-    """``kinds`` as a tuple, or a ValueError naming the allowed kinds."""
-    kinds = tuple(kinds)
-    if not kinds or set(kinds) - set(FUSION_ANOMALIES):
-        msg = f"fusion_anomalies must be a non-empty subset of {FUSION_ANOMALIES}, got {list(kinds)}"
-        raise ValueError(msg)
-    return kinds
 
 
 @torch.no_grad()

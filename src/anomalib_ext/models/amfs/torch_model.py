@@ -18,6 +18,8 @@ Python branching on values or batch size (only on which banks exist, fixed after
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from anomalib.data import InferenceBatch
@@ -28,10 +30,14 @@ from anomalib_ext.components.blur import SeparableGaussianBlur
 from anomalib_ext.components.embedding import PatchEmbedding
 from anomalib_ext.components.memory_bank import MemoryBank
 from anomalib_ext.components.positional_bank import PositionalBank
+from anomalib_ext.components.pyramid_blocks import PyramidBlocks
 from anomalib_ext.models.amfs.fusion import ScoreFusion
-from anomalib_ext.transforms.pyramid import PyramidBlocks
+from anomalib_ext.models.amfs.settings import Matching, PositionalSettings, Scoring
+from anomalib_ext.settings import as_settings, check_choice
 
-MATCHING_MODES = ("positional", "blocks", "both")
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
 FULLY_SEEN = 0.999  # a cell counts as seen when the photograph covers (nearly) all of its pixels
 UNSEEN_PENALTY = 1e9  # score given to left-out cells: below any real (z-scored) patch score
 
@@ -39,73 +45,41 @@ UNSEEN_PENALTY = 1e9  # score given to left-out cells: below any real (z-scored)
 class AMFSModel(DynamicBufferMixin, nn.Module):
     """Aligned multi-scale block memory banks with fused scoring.
 
-    Args:
-        backbone: timm name (default offline ``tf_efficientnet_lite2``).
-        layers: feature layers, concatenated after 3x3 local averaging as in PatchCore.
-        pre_trained / backbone_weights: see :func:`anomalib_ext.backbones.create_feature_extractor`.
-        levels: pyramid levels N ((4^N - 1) / 3 blocks).
-        num_neighbors: k of PatchCore's score re-weighting.
-        scoring: block-score fusion for ``blocks``: ``fusion`` (F_fusion), ``linear``, ``max`` or ``mean``.
-        blur_sigma: Gaussian smoothing of the final map (PatchCore uses 4).
-        matching: ``positional``, ``blocks`` (the paper's A-MES) or ``both`` (see the module docstring).
-        radius: positional matching window, in feature cells per axis (8 px each at the default stride).
-        position_baseline: subtract from every positional distance the mean distance the training images
-            themselves show at that position (leave-one-out): places that vary in normal images (fabric
-            weave, borders) stop outscoring places that never vary (print).
-        position_scale: also divide by the spread (standard deviation) of those leave-one-out distances,
-            floored at its median over positions: a z-score per place. Where the training images vary a
-            lot at a place (plain fabric whose weave shifts from photo to photo, the border of the warp),
-            a large distance is common there and counts less; the floor keeps places that never vary
-            (print) from turning noise into scores. Needs ``position_baseline``.
-        unseen_margin: the image score of the positional path leaves out the cells the photograph did not
-            fully show (the alignment host step marked them, :data:`anomalib_ext.transforms.align.UNSEEN`) and
-            every cell within this many cells of them: there the aligned image is the reference's fill or a seam
-            between fill and photo, whose features vary from image to image without any defect (issue 12's
-            diagnosis). ``None`` scores every cell. Images without marks (no alignment) are not affected.
+    Takes :class:`~anomalib_ext.models.amfs.AMFS`'s network arguments (the same names, defaults and
+    settings groups; see its docstring), plus ``blur_sigma``: the Gaussian smoothing of the final map
+    (PatchCore's 4).
     """
 
     def __init__(
         self,
         backbone: str = "tf_efficientnet_lite2",
-        layers: tuple[str, ...] = ("blocks.2", "blocks.4"),
+        layers: Sequence[str] = ("blocks.2", "blocks.4"),
         *,
         pre_trained: bool = True,
         backbone_weights: str | None = None,
         levels: int = 3,
         num_neighbors: int = 9,
-        scoring: str = "fusion",
+        scoring: Scoring = "fusion",
         blur_sigma: float = 4.0,
-        matching: str = "positional",
-        radius: int = 1,
-        position_baseline: bool = True,
-        position_scale: bool = True,
-        unseen_margin: int | None = 2,
+        matching: Matching = "positional",
+        positional: PositionalSettings | Mapping[str, Any] = PositionalSettings(),
     ) -> None:
         super().__init__()
-        if unseen_margin is not None and unseen_margin < 0:
-            msg = f"unseen_margin must be >= 0 feature cells or None (score every cell), got {unseen_margin}."
-            raise ValueError(msg)
-        if position_scale and not position_baseline:
-            msg = (
-                "position_scale divides the baseline-corrected distance: with position_baseline=False "
-                "set position_scale=False too."
-            )
-            raise ValueError(msg)
-        if matching not in MATCHING_MODES:
-            msg = f"matching must be one of {MATCHING_MODES}, got '{matching}'."
-            raise ValueError(msg)
-        self.matching = matching
-        self.embedding = PatchEmbedding(backbone, layers, pre_trained=pre_trained, backbone_weights=backbone_weights)
+        settings = as_settings(PositionalSettings, positional)
+        self.matching = check_choice("matching", matching, Matching)
+        self.embedding = PatchEmbedding(
+            backbone, tuple(layers), pre_trained=pre_trained, backbone_weights=backbone_weights
+        )
         self.pyramid = PyramidBlocks(levels)
         self.num_neighbors = num_neighbors
-        self.fusion = ScoreFusion(self.pyramid.num_blocks, scoring)
+        self.fusion = ScoreFusion(self.pyramid.num_blocks, check_choice("scoring", scoring, Scoring))
         # Same kernel as anomalib's GaussianBlur2d (PatchCore's sigma = 4), applied as two 1-D passes.
         self.blur = SeparableGaussianBlur(blur_sigma)
         self.memory = MemoryBank()  # one bank per block position: (num_blocks, M, D)
-        self.positional = PositionalBank(radius)  # every training image's feature grid
-        self.position_baseline = position_baseline
-        self.position_scale = position_scale
-        self.unseen_margin = unseen_margin
+        self.positional = PositionalBank(settings.radius)  # every training image's feature grid
+        self.position_baseline = settings.baseline
+        self.position_scale = settings.scale
+        self.unseen_margin = settings.unseen_margin
         self.register_buffer("baseline", torch.zeros(0))  # (1, 1, h, w) leave-one-out mean distance, if used
         self.register_buffer("scale", torch.zeros(0))  # (1, 1, h, w) floored leave-one-out spread, if used
         self.global_memory = MemoryBank()  # PatchCore's single bank: only when alignment cannot help

@@ -17,12 +17,18 @@ one ``bincount`` and one box filter, the score from one batched distance matrix.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F  # ruff: ignore[lowercase-imported-as-non-lowercase]
 from anomalib.models.components import DynamicBufferMixin
 from torch import nn
 
+from anomalib_ext.components.inner_training import train_part
 from anomalib_ext.components.memory_bank import squared_distances, torch_knn
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 NOT_ALLOWED = 1e12  # distance given to elements below tau: finite (exports cleanly), larger than any real one
 
@@ -302,16 +308,11 @@ def train_neighbourhood_mlp(
         seed: seeds the order of images and places.
         progress: show a progress bar over epochs.
     """
-    from tqdm import tqdm
-
     generator = torch.Generator().manual_seed(seed)
     optimiser = torch.optim.Adam(mlp.parameters(), lr=learning_rate)
-    schedule = torch.optim.lr_scheduler.StepLR(optimiser, step_epochs, gamma=0.1)
     _, _, h, w = features.shape
-    losses = []
-    mlp.train()
-    for _ in tqdm(range(epochs), desc="PNI neighbourhood MLP", disable=not progress, leave=False):
-        total, count = 0.0, 0
+
+    def epoch_losses(_: int) -> Iterator[tuple[torch.Tensor, int]]:
         order = torch.randperm(len(features), generator=generator)
         for chunk in order.split(images_per_chunk):
             chunk_features, chunk_targets = features[chunk.to(features.device)], targets[chunk.to(targets.device)]
@@ -324,12 +325,15 @@ def train_neighbourhood_mlp(
                 inputs = gather_neighbourhoods(
                     mlp.projected(chunk_features), images, rows, cols, mlp.size, mlp.centre_block
                 )
-                loss = F.cross_entropy(mlp(inputs), chunk_targets[images, rows, cols])
-                optimiser.zero_grad()
-                loss.backward()
-                optimiser.step()
-                total, count = total + loss.item() * len(batch), count + len(batch)
-        schedule.step()
-        losses.append(total / max(count, 1))
-    mlp.eval()
-    return losses
+                yield F.cross_entropy(mlp(inputs), chunk_targets[images, rows, cols]), len(batch)
+
+    history = train_part(
+        mlp,
+        optimiser,
+        epoch_losses,
+        epochs=epochs,
+        name="PNI neighbourhood MLP",
+        scheduler=torch.optim.lr_scheduler.StepLR(optimiser, step_epochs, gamma=0.1),
+        progress=progress,
+    )
+    return history.train_loss

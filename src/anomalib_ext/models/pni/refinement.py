@@ -19,8 +19,6 @@ Everything is one traceable graph with a dynamic batch.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -30,10 +28,11 @@ from torch import nn
 
 from anomalib_ext.backbones import create_backbone
 from anomalib_ext.components.embedding import ImageNetNormalize
+from anomalib_ext.components.inner_training import TrainingHistory, frozen_batchnorm, train_part
 from anomalib_ext.components.synthesis import synthesise_defects
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
@@ -163,10 +162,10 @@ def train_refinement(
     sources: torch.Tensor | None = None,
     validation: int = 0,
     patience: int = 2,
-    on_epoch_end: Callable[[RefinementHistory], None] | None = None,
+    on_epoch_end: Callable[[TrainingHistory], None] | None = None,
     seed: int = 0,
     progress: bool = True,
-) -> RefinementHistory:
+) -> TrainingHistory:
     """Train the refinement network on synthetic defects of the training images; returns the loss history.
 
     First the map scale: the median, over ``calibration_images`` synthetic images, of their map's maximum
@@ -199,8 +198,6 @@ def train_refinement(
         seed: seeds the synthetic defects, augmentations, order and the held-out choice.
         progress: show a progress bar over the optimiser steps.
     """
-    from tqdm import tqdm
-
     _check_training_arguments(len(images), normal_share, validation, patience)
     device = refiner.scale.device
     rng = np.random.default_rng(seed)
@@ -222,51 +219,28 @@ def train_refinement(
         validation_set = _validation_set(held_out, coarse_map, seed, batch_size, sources, device)
 
     optimiser = torch.optim.Adam([p for p in refiner.parameters() if p.requires_grad], lr=learning_rate)
-    steps = epochs * math.ceil(len(images) / batch_size)
-    bar = tqdm(total=steps, desc="PNI refinement", disable=not progress, leave=False)
-    history = RefinementHistory()
-    best_state = None
-    for epoch in range(epochs):
-        refiner.train()
-        for module in refiner.encoder.modules():  # keep the ImageNet BN statistics (see above)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):  # ruff: ignore[private-member-access] - the BN base class
-                module.eval()
-        total, count = 0.0, 0
+
+    def epoch_losses(_: int) -> Iterator[tuple[torch.Tensor, int]]:
         for chunk in torch.randperm(len(images), generator=generator).split(batch_size):
             synthetic, label = synthesise_defects(images, chunk, rng, normal_share=normal_share, sources=sources)
             synthetic, label = synthetic.to(device), label.to(device)
             with torch.no_grad():
                 coarse = coarse_map(synthetic)
-            loss = refinement_loss(refiner.refine(synthetic, coarse), label)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total, count = total + loss.item() * len(chunk), count + len(chunk)
-            bar.update()
-        history.train_loss.append(total / count)
-        if validation_set is not None:
-            history.validation_loss.append(_validation_loss(refiner, validation_set))
-            if history.validation_loss[-1] < min(history.validation_loss[:-1], default=math.inf):
-                history.best_epoch = epoch
-                best_state = {k: v.detach().clone() for k, v in refiner.state_dict().items()}
-        else:
-            history.best_epoch = epoch
-        if on_epoch_end is not None:
-            refiner.eval()  # the next epoch puts it back in train mode
-            on_epoch_end(history)
-        if epoch - history.best_epoch >= patience:
-            break
-    bar.close()
-    if best_state is not None:
-        refiner.load_state_dict(best_state)
-    refiner.eval()
-    logger.info(
-        "PNI refinement: map scale %.4g, loss %s per epoch, validation %s, kept epoch %d",
-        float(refiner.scale),
-        [round(x, 4) for x in history.train_loss],
-        [round(x, 4) for x in history.validation_loss],
-        history.best_epoch + 1,
+            yield refinement_loss(refiner.refine(synthetic, coarse), label), len(chunk)
+
+    history = train_part(
+        refiner,
+        optimiser,
+        epoch_losses,
+        epochs=epochs,
+        name="PNI refinement",
+        frozen=frozen_batchnorm(refiner.encoder),  # keep the ImageNet BN statistics (see above)
+        validate=None if validation_set is None else lambda: _validation_loss(refiner, validation_set),
+        patience=patience,
+        on_epoch_end=on_epoch_end,
+        progress=progress,
     )
+    logger.info("PNI refinement: map scale %.4g", float(refiner.scale))
     return history
 
 
@@ -286,15 +260,6 @@ def _check_training_arguments(count: int, normal_share: float, validation: int, 
     if patience < 1:
         msg = f"patience must be at least 1 epoch, got {patience}."
         raise ValueError(msg)
-
-
-@dataclass
-class RefinementHistory:
-    """Mean training loss per epoch, validation loss per epoch (empty without validation), the epoch kept."""
-
-    train_loss: list[float] = field(default_factory=list)
-    validation_loss: list[float] = field(default_factory=list)
-    best_epoch: int = -1
 
 
 def _validation_set(
@@ -317,8 +282,7 @@ def _validation_set(
 
 
 def _validation_loss(refiner: RefinementNet, batches: list[tuple[torch.Tensor, ...]]) -> float:
-    """Mean refinement loss over the validation batches, the network put in eval mode (the next epoch resets it)."""
-    refiner.eval()
+    """Mean refinement loss over the validation batches (the refiner in eval mode: :func:`train_part` sees to it)."""
     total, count = 0.0, 0
     with torch.no_grad():
         for synthetic, coarse, label in batches:

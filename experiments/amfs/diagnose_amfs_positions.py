@@ -13,9 +13,9 @@ distances. It then reports, without training again:
 
 This is a diagnosis tool: it reads the test split, so nothing it shows may choose a default by itself.
 
-    python tools/diagnose_amfs_positions.py --category p001 --out results/diagnosis/p001.npz
-    python tools/diagnose_amfs_positions.py --category p005 --word-grid-categories 2 --out results/diagnosis/p005.npz
-    python tools/diagnose_amfs_positions.py --report results/diagnosis/p001.npz   # report only, no training
+    python experiments/amfs/diagnose_amfs_positions.py --category p001 --out results/diagnosis/p001.npz
+    python experiments/amfs/diagnose_amfs_positions.py --category p005 --word-grid-categories 2 --out results/diagnosis/p005.npz
+    python experiments/amfs/diagnose_amfs_positions.py --report results/diagnosis/p001.npz   # report only, no training
 """
 
 from __future__ import annotations

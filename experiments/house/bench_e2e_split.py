@@ -3,7 +3,7 @@
 Runs an ``anomalib-ext export`` folder on a few images the way the Inferencer does, and times each part
 in the order of the end-to-end path (so the host steps run right after an IR call, as in deployment):
 
-    python tools/bench_e2e_split.py --model-dir results/latency_512/work/amfs__sgpd_p001__512/openvino_fp32 \
+    python experiments/house/bench_e2e_split.py --model-dir results/latency_512/work/amfs__sgpd_p001__512/openvino_fp32 \
         --images 'DATA/p001/test/good/*.jpg'
 
 ``prepare`` = resize + host steps (AMFS: alignment), ``host steps alone`` = the host steps on an image

@@ -12,7 +12,7 @@ It answers whether the paper's 3 epochs leave the refiner short of its task, and
 until the validation loss stops falling helps on real defects. The epoch that early stopping would keep
 (``--patience``) is read from the validation loss alone; the test columns never choose anything.
 
-    python tools/pni_refiner_curve.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt \
+    python experiments/pni/pni_refiner_curve.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt \
         --category tire --epochs 30 --out docs/results/issue13/refiner_curve/tire_s0.json
 """
 

@@ -12,7 +12,7 @@ category this tool records, from an aligned model's checkpoint:
 
 It reads the test split: a diagnosis, it chooses nothing.
 
-    python tools/diagnose_align_coverage.py --model AlignedPNI --ckpt results/pni_sgpd/work/alignedpni__.../model.ckpt \
+    python experiments/amfs/diagnose_align_coverage.py --model AlignedPNI --ckpt results/pni_sgpd/work/alignedpni__.../model.ckpt \
         --plain-model PNI --plain-ckpt results/pni_sgpd/work/pni__.../model.ckpt \
         --root ~/.cache/anomalib_ext/synthetic_gpd/<key> --category p001 --out coverage.json
 """

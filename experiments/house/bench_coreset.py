@@ -5,7 +5,7 @@ layer concatenation) over the training images of an MVTec-like category. Both sa
 features and the same sampling ratio; we report wall time and the max-min coverage radius measured
 in the full feature space (lower is better).
 
-    python tools/bench_coreset.py --images ../shared/data/magnetic_tile/train/good --limit 335 --size 256
+    python experiments/house/bench_coreset.py --images ../shared/data/magnetic_tile/train/good --limit 335 --size 256
 """
 
 from __future__ import annotations

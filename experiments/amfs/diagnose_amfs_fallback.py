@@ -14,8 +14,8 @@ greedy coreset, ``reweighted_max``). This tool checks them against anomalib's ``
 
 This is a diagnosis tool: it reads the test split, so nothing it shows may choose a default by itself.
 
-    python tools/diagnose_amfs_fallback.py --category tire --check embedding
-    python tools/diagnose_amfs_fallback.py --category tire --check storage --seeds 0 1 2
+    python experiments/amfs/diagnose_amfs_fallback.py --category tire --check embedding
+    python experiments/amfs/diagnose_amfs_fallback.py --category tire --check storage --seeds 0 1 2
 """
 
 from __future__ import annotations

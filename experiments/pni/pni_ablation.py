@@ -23,7 +23,7 @@ what its refined term contributes there beyond the (1 - ratio) scaling, which al
 (``refined_term_*``). It reads the test
 split: an ablation reports, it chooses nothing. ``--summary FILES`` prints mean ± std over the seeds.
 
-    python tools/pni_ablation.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt --category tire \
+    python experiments/pni/pni_ablation.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt --category tire \
         --out docs/results/issue13/ablation/tire_s0.json
 """
 
