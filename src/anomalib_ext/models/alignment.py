@@ -15,6 +15,7 @@ import torch
 
 from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.base import HostStepsMixin
+from anomalib_ext.models.legacy import Removed
 from anomalib_ext.settings import check_choice
 from anomalib_ext.transforms.align import (
     AlignmentStep,
@@ -43,6 +44,7 @@ class AlignmentMixin(HostStepsMixin):
     """
 
     default_fill_from_reference: ClassVar[bool] = False
+    legacy_arguments: ClassVar[dict[str, Any]] = {"match_fill_light": Removed(value=False)}  # models/legacy.py
 
     def __init__(
         self,

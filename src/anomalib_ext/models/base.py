@@ -14,14 +14,16 @@ A model mixes in :class:`HostStepsMixin` before ``AnomalibModule`` and overrides
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from anomalib.models.components import AnomalibModule
 
 from anomalib_ext.export_fixes import traceable
 from anomalib_ext.export_format import model_input_size, write_export_metadata
 from anomalib_ext.host_steps import HostPipeline, predict_end_to_end
+from anomalib_ext.models.legacy import VERSION_KEY, upgrade_hyperparameters
 
 if TYPE_CHECKING:
     import torch
@@ -86,6 +88,31 @@ class HostStepsMixin:
             path = Path(AnomalibModule.to_onnx(self, export_root, *args, **kwargs))
         write_export_metadata(self, path.parent, self._export_input_size(args, kwargs))
         return path
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record the anomalib-ext version: checkpoints without it predate the grouped settings."""
+        from anomalib_ext import __version__
+
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[VERSION_KEY] = __version__
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: str | Path | IO[bytes], *args, **kwargs) -> AnomalibModule:
+        """Load as anomalib does; a checkpoint made before 0.2 has its arguments converted first (:mod:`legacy`)."""
+        import torch
+
+        source = checkpoint_path
+        if isinstance(checkpoint_path, (str, Path)):
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+            if isinstance(checkpoint, dict) and VERSION_KEY not in checkpoint and "hyper_parameters" in checkpoint:
+                old = checkpoint["hyper_parameters"]
+                new = upgrade_hyperparameters(cls, dict(old), str(checkpoint_path))
+                if new != dict(old):
+                    checkpoint["hyper_parameters"] = new
+                    source = io.BytesIO()
+                    torch.save(checkpoint, source)
+                    source.seek(0)
+        return super().load_from_checkpoint(source, *args, **kwargs)
 
     def _export_input_size(self, args: tuple, kwargs: dict[str, Any]) -> tuple[int, int] | None:
         """The size anomalib exported at: the call's ``input_size`` (third argument), else the pre-processor's."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -68,6 +68,20 @@ class AMFS(AlignmentMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
 
     default_image_size = (512, 512)  # the paper's input size (the pre-processor's default)
     default_fill_from_reference = True  # the graph fills unseen pixels itself and leaves them out of the score
+    legacy_arguments: ClassVar[dict[str, Any]] = {  # anomalib-ext 0.1 checkpoints (models/legacy.py)
+        "radius": ("positional", "radius"),
+        "position_baseline": ("positional", "baseline"),
+        "position_scale": ("positional", "scale"),
+        "unseen_margin": ("positional", "unseen_margin"),
+        "positional_max_images": ("positional", "max_images"),
+        "min_positional_images": ("positional", "min_images"),
+        "holdout_to_banks": ("fusion", "holdout_to_banks"),
+        "texture_dir": ("fusion", "texture_dir"),
+        **{
+            f"fusion_{field}": ("fusion", field)
+            for field in ("holdout", "max_images", "samples_per_image", "epochs", "anomalies")
+        },
+    }
 
     def __init__(
         self,

@@ -10,6 +10,7 @@ same model behind the shared ``align`` host step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 from anomalib.data import Batch
@@ -21,6 +22,7 @@ from torch import nn
 
 from anomalib_ext.models.aligned import AlignedMixin
 from anomalib_ext.models.base import HostStepsMixin
+from anomalib_ext.models.legacy import Removed
 from anomalib_ext.models.one_pass import OnePassFitMixin
 from anomalib_ext.models.pni.settings import ImageScore, NeighborhoodMLPSettings, RefinerSettings, ScoreBank
 from anomalib_ext.models.pni.torch_model import PNIModel
@@ -50,6 +52,29 @@ class PNI(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         refiner: the refinement network's encoder, size and training (:class:`RefinerSettings`).
         seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
+
+    legacy_arguments: ClassVar[dict[str, Any]] = {  # anomalib-ext 0.1 checkpoints (models/legacy.py)
+        "neighbourhood_size": "neighborhood_size",
+        "use_neighbourhood": "use_neighborhood",
+        "neighbourhood_centre_block": ("mlp", "centre_block"),
+        **{f"mlp_{field}": ("mlp", field) for field in ("depth", "width", "projection", "epochs", "batch_size")},
+        **{
+            f"refine_{field}": ("refiner", field)
+            for field in (
+                "backbone",
+                "backbone_weights",
+                "ratio",
+                "scale",
+                "epochs",
+                "batch_size",
+                "learning_rate",
+                "validation",
+                "patience",
+            )
+        },
+        "refine_normal_share": Removed(0.0),
+        "refine_defect_source": Removed(None),
+    }
 
     def __init__(
         self,
