@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup demo lint test benchmark bench-coreset clean
+.PHONY: setup demo lint test test-unit benchmark bench-coreset clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,9 @@ lint: setup  ## ruff with anomalib's rule set (pyproject.toml): the checks and t
 
 test: setup  ## the test suite
 	$(BIN)/python -m pytest tests
+
+test-unit: setup  ## the fast part: unit tests only (no training through the Engine, no export)
+	$(BIN)/python -m pytest tests/unit
 
 benchmark: setup  ## the README benchmark grid (AMFS, Patchcore, Padim on ../shared/data + SyntheticGPD, 256 px; ~75 min on 2 cores)
 	$(BIN)/python tools/benchmark.py --config configs/benchmark/default.yaml --out results/benchmark

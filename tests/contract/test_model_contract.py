@@ -10,7 +10,8 @@ seconds. Checked, per model (see docs/ADDING_A_MODEL.md):
    image, where anomalib's Patchcore search runs in chunks);
 3. the Inferencer's output equals the model's end-to-end predict (host steps included), in f32;
 4. INT8 (NNCF, backbone scope) runs and its maps stay correlated with FP32;
-5. the Engine's checkpoint exports through ``anomalib-ext export`` to the same scores;
+5. the Engine's checkpoint exports through ``anomalib-ext export`` to the same scores, and anomalib's own
+   export route (``to_openvino``, what ``anomalib export`` calls) writes what ``anomalib-ext infer`` runs;
 6. the same seed gives the same scores (a second training from scratch).
 """
 
@@ -178,6 +179,23 @@ def test_checkpoint_exports_through_the_command_line(trained, tiny_gpd, tmp_path
     direct = [p.score for p in Inferencer(folder).predict_arrays(images)]
     from_checkpoint = [p.score for p in Inferencer(tmp_path / "cli").predict_arrays(images)]
     np.testing.assert_allclose(from_checkpoint, direct, rtol=1e-4, atol=1e-5)
+
+
+def test_anomalibs_own_export_route_writes_what_infer_runs(trained, tiny_gpd, tmp_path):
+    """``anomalib export`` / ``model.to_openvino``: every plugin model also writes its host steps and metadata."""
+    from anomalib_ext.deploy import Inferencer
+    from anomalib_ext.export_format import read_metadata
+
+    name, model, _, _, folder = trained
+    if name in BASELINES:
+        pytest.skip("anomalib's own models write no metadata.json: our export covers them")
+    xml = model.to_openvino(tmp_path / "anomalib_route")
+    metadata = read_metadata(xml.parent)
+    assert metadata["model"] == name and metadata["host_steps"] == read_metadata(folder)["host_steps"]
+    images = [i.permute(1, 2, 0).numpy() for i in _test_images(tiny_gpd)]
+    direct = [p.score for p in Inferencer(folder).predict_arrays(images)]
+    anomalib_route = [p.score for p in Inferencer(xml.parent).predict_arrays(images)]
+    np.testing.assert_allclose(anomalib_route, direct, rtol=1e-4, atol=1e-5)
 
 
 def test_same_seed_gives_the_same_scores(trained, tiny_gpd, tiny_datamodule, tmp_path):

@@ -91,8 +91,6 @@ def test_refinement_blends_a_tenth_of_the_refined_map_into_the_map(training):
     assert torch.allclose(coarse_scored.pred_score, coarse.flatten(1).amax(1))
     assert torch.allclose(coarse_scored.anomaly_map, out.anomaly_map)
     assert _fitted(training).refiner is None
-    with pytest.raises(ValueError, match="image_score"):
-        _model(image_score="refined")
 
 
 class _Scores(torch.nn.Module):

@@ -24,7 +24,7 @@ from anomalib_ext.models.aligned import AlignedMixin
 from anomalib_ext.models.base import HostStepsMixin
 from anomalib_ext.models.legacy import Removed
 from anomalib_ext.models.one_pass import OnePassFitMixin
-from anomalib_ext.models.pni.settings import ImageScore, NeighborhoodMLPSettings, RefinerSettings, ScoreBank
+from anomalib_ext.models.pni.settings import NeighborhoodMLPSettings, RefinerSettings, ScoreBank
 from anomalib_ext.models.pni.torch_model import PNIModel
 from anomalib_ext.settings import arguments_for
 
@@ -38,7 +38,6 @@ class PNI(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         embedding_ratio: |C_emb| / training patches (paper 1%).
         distribution_size: |C_dist| (paper 2048), taken from C_emb by the same greedy selection.
         neighborhood_size: p of the p x p neighbourhood (paper 9), also the position histogram's window.
-        temperature: the neighbourhood MLP's softmax temperature T (paper 2).
         tau: threshold on p(c | Omega); None = the paper's 1 / (2 |C_dist|).
         blur_sigma: Gaussian smoothing of the map (paper 8).
         use_neighborhood, use_position: the two distributions (the paper's ablation); with neither, every
@@ -47,8 +46,7 @@ class PNI(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         score_bank: ``embedding`` (as the authors' code: patches are scored against all of C_emb, each
             element allowed through its nearest C_dist element) or ``distribution`` (Eq. 7 as printed:
             against the |C_dist| elements only); see the README.
-        image_score: ``final`` (the max of the refined map, the paper's) or ``coarse`` (before refinement).
-        mlp: the neighbourhood MLP's size and training (:class:`NeighborhoodMLPSettings`).
+        mlp: the neighbourhood MLP's size, softmax temperature and training (:class:`NeighborhoodMLPSettings`).
         refiner: the refinement network's encoder, size and training (:class:`RefinerSettings`).
         seed: coreset starts, MLP and refiner initialisation, synthetic defects and sample order.
     """
@@ -72,6 +70,8 @@ class PNI(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
                 "patience",
             )
         },
+        "temperature": ("mlp", "temperature"),
+        "image_score": Removed("final"),
         "refine_normal_share": Removed(0.0),
         "refine_defect_source": Removed(None),
     }
@@ -87,14 +87,12 @@ class PNI(HostStepsMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         embedding_ratio: float = 0.01,
         distribution_size: int = 2048,
         neighborhood_size: int = 9,
-        temperature: float = 2.0,
         tau: float | None = None,
         blur_sigma: float = 8.0,
         use_neighborhood: bool = True,
         use_position: bool = True,
         refine: bool = True,
         score_bank: ScoreBank = "embedding",
-        image_score: ImageScore = "final",
         mlp: NeighborhoodMLPSettings = NeighborhoodMLPSettings(),
         refiner: RefinerSettings = RefinerSettings(),
         seed: int = 0,

@@ -1,6 +1,6 @@
 """PNI's engineering settings: how its neighbourhood MLP and its refinement network are sized and trained.
 
-The paper's hyper-parameters (coreset sizes, p, T, tau, sigma) are PNI's flat arguments; these two groups
+The paper's hyper-parameters (coreset sizes, p, tau, sigma) are PNI's flat arguments; these two groups
 hold what the paper fixes once and a 2-core CPU needs smaller (defaults: the CPU default, which
 ``configs/models/pni.yaml`` documents; the paper's values: ``configs/models/pni_paper.yaml``).
 """
@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 ScoreBank = Literal["embedding", "distribution"]
-ImageScore = Literal["final", "coarse"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +19,7 @@ class NeighborhoodMLPSettings:
 
     Args:
         depth, width: layers and units (paper 10 x 2048; CPU default 3 x 256).
+        temperature: the softmax temperature T of p(c | N_p(x)) (paper 2).
         projection: each neighbour's D features mapped to this many by one learnt map before the first
             layer (not in the paper; it was most of PNI's latency); None = the paper's full first layer.
         centre_block: side of the block around the centre the MLP does not see (1: the paper's, the centre
@@ -30,6 +30,7 @@ class NeighborhoodMLPSettings:
 
     depth: int = 3
     width: int = 256
+    temperature: float = 2.0
     projection: int | None = 32
     centre_block: int = 1
     epochs: int = 5

@@ -33,7 +33,7 @@ from anomalib_ext.models.pni.distributions import (
     train_neighbourhood_mlp,
 )
 from anomalib_ext.models.pni.refinement import RefinementNet, train_refinement
-from anomalib_ext.models.pni.settings import ImageScore, NeighborhoodMLPSettings, RefinerSettings, ScoreBank
+from anomalib_ext.models.pni.settings import NeighborhoodMLPSettings, RefinerSettings, ScoreBank
 from anomalib_ext.settings import as_settings, check_choice
 
 if TYPE_CHECKING:
@@ -62,14 +62,12 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         embedding_ratio: float = 0.01,
         distribution_size: int = 2048,
         neighborhood_size: int = 9,
-        temperature: float = 2.0,
         tau: float | None = None,
         blur_sigma: float = 8.0,
         use_neighborhood: bool = True,
         use_position: bool = True,
         refine: bool = True,
         score_bank: ScoreBank = "embedding",
-        image_score: ImageScore = "final",
         mlp: NeighborhoodMLPSettings | Mapping[str, Any] = NeighborhoodMLPSettings(),
         refiner: RefinerSettings | Mapping[str, Any] = RefinerSettings(),
     ) -> None:
@@ -85,11 +83,12 @@ class PNIModel(DynamicBufferMixin, nn.Module):
         self.neighborhood_size = neighborhood_size
         self.use_neighborhood = use_neighborhood
         self.use_position = use_position
-        self.temperature = temperature
         self.mlp: NeighbourhoodMLP | None = None  # sized at fit time from D and |C_dist|
         self.score = PNIScore(tau, bank=check_choice("score_bank", score_bank, ScoreBank))
         self.blur = SeparableGaussianBlur(blur_sigma)
-        self.image_score = check_choice("image_score", image_score, ImageScore)
+        # The map whose maximum is the image score: "final" (refined, the paper's). An experiment may set
+        # "coarse" (before refinement): measured no better as a default (README), so it is not an argument.
+        self.image_score = "final"
         self.register_buffer("position", torch.empty(0))  # (|C_dist|, h, w) p(c | x)
         self.refiner = None
         if refine:
@@ -127,7 +126,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
                 k,
                 settings.depth,
                 settings.width,
-                self.temperature,
+                settings.temperature,
                 size=self.neighborhood_size,
                 centre_block=settings.centre_block,
                 projection=settings.projection,
@@ -160,7 +159,7 @@ class PNIModel(DynamicBufferMixin, nn.Module):
                 linear[-1][1][0],
                 len(linear),
                 width,
-                self.temperature,
+                self.mlp_settings.temperature,
                 size=self.neighborhood_size,
                 centre_block=self.mlp_settings.centre_block,
                 projection=None if project is None else project.shape[0],
