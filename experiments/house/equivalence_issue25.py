@@ -110,6 +110,23 @@ def run(set_name: str, model_name: str, config: str, out: Path, tiny_root: Path)
     return {key: float(value) for key, value in metrics.items()}
 
 
+def summarise(folder: Path) -> None:
+    """``summary.json``: per image, the scores and map statistics (small enough for docs/results)."""
+    summary = {}
+    for path in sorted(folder.glob("*.npz")):
+        run = np.load(path)
+        summary[path.stem] = {
+            "paths": run["paths"].tolist(),
+            **{key: run[key].astype(float).tolist() for key in ("raw_score", "score")},
+            **{
+                f"{key}_{name}": getattr(np, name)(run[key].reshape(len(run[key]), -1).astype(np.float64), axis=1).tolist()
+                for key in ("raw_map", "map")
+                for name in ("mean", "std", "max")
+            },
+        }
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
 def compare(before: Path, after: Path) -> int:
     """Largest differences per run; exit 1 when any score or map differs by more than 1e-4."""
     worst = 0.0
@@ -132,9 +149,13 @@ def main() -> int:
     parser.add_argument("--sets", nargs="+", default=list(RUNS))
     parser.add_argument("--models", nargs="+", default=list(RUNS["tiny"]))
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"))
+    parser.add_argument("--summarise", type=Path, metavar="FOLDER", help="write FOLDER/summary.json from its runs")
     args = parser.parse_args()
     if args.compare:
         return compare(*args.compare)
+    if args.summarise:
+        summarise(args.summarise)
+        return 0
     from anomalib_ext.data.synthetic_gpd import generate_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
