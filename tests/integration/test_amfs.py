@@ -13,8 +13,7 @@ def _amfs(**kwargs):
         "backbone": "tf_efficientnet_lite0",
         "layers": ("blocks.2", "blocks.4"),
         "coreset_sampling_ratio": 0.1,
-        "fusion_epochs": 5,
-        "fusion_samples_per_image": 2,
+        "fusion": {"epochs": 5, "samples_per_image": 2},
         "matching": "blocks",  # the paper's A-MES unless a test says otherwise
         "pre_processor": AMFS.configure_pre_processor((128, 128)),
     }
@@ -112,7 +111,7 @@ def test_anomalib_export_route_also_runs_in_our_inferencer(trained, tiny_gpd, tm
 def test_positional_matching_keeps_every_aligned_training_image(tiny_datamodule, tmp_path):
     from anomalib.engine import Engine
 
-    model = _amfs(matching="positional", min_positional_images=3)
+    model = _amfs(matching="positional", positional={"min_images": 3})
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     engine.fit(model=model, datamodule=tiny_datamodule())
     assert model.fallback_reason == "" and not model.model.uses_global_bank
@@ -130,7 +129,7 @@ def test_too_few_images_fall_back_to_a_global_bank_recorded_in_the_checkpoint(ti
 
     from anomalib_ext.deploy.checkpoint import load_model
 
-    model = _amfs(matching="positional")  # min_positional_images=8 > the 6 training images
+    model = _amfs(matching="positional")  # positional min_images=8 > the 6 training images
     engine = Engine(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
     with caplog.at_level("WARNING"):
         engine.fit(model=model, datamodule=tiny_datamodule())
@@ -148,7 +147,7 @@ def test_too_few_images_fall_back_to_a_global_bank_recorded_in_the_checkpoint(ti
 
 def test_images_that_do_not_register_fall_back_to_a_global_bank():
     # Unrelated noise images: nothing to align to, so positional banks would compare unrelated places.
-    model = _amfs(matching="positional", min_positional_images=3)
+    model = _amfs(matching="positional", positional={"min_images": 3})
     rng = np.random.default_rng(0)
     noise = [torch.from_numpy(rng.integers(0, 255, (3, 128, 128), dtype=np.uint8)) for _ in range(8)]
     model._train_images = [(f"{i}.png", image) for i, image in enumerate(noise)]
@@ -165,7 +164,7 @@ def test_positional_matching_draws_nothing_at_random(tiny_gpd):
     test = torch.cat([read_resized(p, (128, 128)) for p in sorted((tiny_gpd / "p001" / "test").rglob("*.jpg"))[:4]])
     outputs = []
     for seed in (0, 1):
-        model = _amfs(matching="positional", min_positional_images=3, seed=seed)
+        model = _amfs(matching="positional", positional={"min_images": 3}, seed=seed)
         model._train_images = list(images)
         model.fit()
         outputs.append(model.predict_raw(test))

@@ -39,8 +39,7 @@ model:
   init_args:
     backbone: tf_efficientnet_lite0
     coreset_sampling_ratio: 0.1
-    fusion_epochs: 5
-    fusion_samples_per_image: 2
+    fusion: {epochs: 5, samples_per_image: 2}
     pre_processor:
       class_path: anomalib.pre_processing.PreProcessor
       init_args:
