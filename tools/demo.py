@@ -54,7 +54,7 @@ def main() -> None:
     size = args.input_size or (512 if args.model == "amfs" else 256)
     if args.small:
         size = args.input_size or 128
-    small = {"fusion_epochs": 10, "coreset_sampling_ratio": 0.1} if args.small and args.model == "amfs" else {}
+    small = {"fusion": {"epochs": 10}, "coreset_sampling_ratio": 0.1} if args.small and args.model == "amfs" else {}
     config = "configs/models/amfs.yaml" if args.model == "amfs" else "configs/models/patchcore_lite2.yaml"
     model = build_model({"config": config, "init_args": small}, size=size)
     engine = Engine(default_root_dir=args.out, logger=False, enable_progress_bar=True)
