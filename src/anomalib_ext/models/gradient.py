@@ -27,32 +27,19 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from anomalib import LearningType
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from torchvision.transforms.v2 import Compose, Resize
 
 from anomalib_ext.models.base import HostStepsMixin
+from anomalib_ext.models.processing import ResizeOnlyProcessingMixin
 
 logger = logging.getLogger(__name__)
 
 LIGHTNING_DEFAULT_MAX_EPOCHS = 1000  # what Lightning sets when neither max_epochs nor max_steps is given
 
 
-class GradientTrainedMixin(HostStepsMixin):
+class GradientTrainedMixin(ResizeOnlyProcessingMixin, HostStepsMixin):
     """Lightning-trained model defaults: resize-only pre-processor, anomalib's post-processor, the epoch default."""
 
-    default_image_size: ClassVar[tuple[int, int]] = (256, 256)
     default_max_epochs: ClassVar[int] = 10  # a model sets its own: what trains on the 2-core CPU
-
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only (to ``default_image_size`` unless given); ImageNet normalisation is inside the model."""
-        return PreProcessor(transform=Compose([Resize(image_size or cls.default_image_size, antialias=True)]))
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default: thresholds from validation, scores and maps normalised to 0.5 = threshold."""
-        return PostProcessor()
 
     @property
     def trainer_arguments(self) -> dict[str, Any]:

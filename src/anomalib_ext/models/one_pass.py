@@ -8,28 +8,15 @@ alignment), so the pre-processor only resizes.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from anomalib import LearningType
-from anomalib.post_processing import PostProcessor
-from anomalib.pre_processing import PreProcessor
-from torchvision.transforms.v2 import Compose, Resize
+
+from anomalib_ext.models.processing import ResizeOnlyProcessingMixin
 
 
-class OnePassFitMixin:
+class OnePassFitMixin(ResizeOnlyProcessingMixin):
     """Mixed in before ``MemoryBankMixin, AnomalibModule``; ``default_image_size`` is the model's own."""
-
-    default_image_size: ClassVar[tuple[int, int]] = (256, 256)
-
-    @classmethod
-    def configure_pre_processor(cls, image_size: tuple[int, int] | None = None) -> PreProcessor:
-        """Resize only (to ``default_image_size`` unless given); ImageNet normalisation is inside the model."""
-        return PreProcessor(transform=Compose([Resize(image_size or cls.default_image_size, antialias=True)]))
-
-    @staticmethod
-    def configure_post_processor() -> PostProcessor:
-        """Anomalib's default: thresholds from validation, scores and maps normalised to 0.5 = threshold."""
-        return PostProcessor()
 
     @staticmethod
     def configure_optimizers() -> None:
