@@ -25,7 +25,6 @@ from anomalib.visualization import Visualizer
 from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
-from anomalib_ext.host_steps import HostPipeline
 from anomalib_ext.models.alignment import AlignmentMixin
 from anomalib_ext.models.amfs.settings import FusionSettings, Matching, PositionalSettings, Scoring
 from anomalib_ext.models.amfs.synthetic import fusion_training_set
@@ -203,7 +202,6 @@ class AMFS(AlignmentMixin, OnePassFitMixin, MemoryBankMixin, AnomalibModule):
         )
         features = self._embed_full_all(torch.stack(images).to(self.device).float().div(255))
         self.model.fit_global(features, self.coreset_sampling_ratio, seed=self.seed)
-        self._host_steps = HostPipeline()
         logger.info("AMFS global bank: %d features (from %d images)", len(self.model.global_memory), len(images))
 
     def _fit_positional(self, reference: torch.Tensor, aligned_rest: torch.Tensor) -> None:

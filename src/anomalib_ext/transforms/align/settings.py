@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+
+from anomalib_ext.settings import as_settings
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +67,7 @@ class ORBSettings:
 
 def orb_settings(value: ORBSettings | dict[str, Any] | None) -> ORBSettings:
     """``ORBSettings`` from itself, a mapping of its fields (a YAML ``orb:`` block) or None (the defaults)."""
-    if value is None:
-        return ORBSettings()
-    if isinstance(value, ORBSettings):
-        return value
-    known = {f.name for f in dataclasses.fields(ORBSettings)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        msg = f"Unknown alignment (orb) settings {unknown}; known: {sorted(known)}."
-        raise ValueError(msg)
-    return ORBSettings(**value)
+    return as_settings(ORBSettings, value)
 
 
 ALIGN_METHODS = ("guided", "ransac")
