@@ -28,7 +28,7 @@ test: setup  ## the test suite
 test-unit: setup  ## the fast part: unit tests only (no training through the Engine, no export)
 	$(BIN)/python -m pytest tests/unit
 
-benchmark: setup  ## the README benchmark grid (AMFS, Patchcore, Padim on ../shared/data + SyntheticGPD, 256 px; ~75 min on 2 cores)
+benchmark: setup  ## the README benchmark grid (AMFS, PNI, AlignedPNI, Patchcore, Padim on ../shared/data + SyntheticGPD, 256 px; ~90 min on 2 cores)
 	$(BIN)/python tools/benchmark.py --config configs/benchmark/default.yaml --out results/benchmark
 
 bench-coreset: setup  ## our coreset vs anomalib's KCenterGreedy on 335 magnetic_tile images (~25 min)

@@ -5,7 +5,7 @@ searched by faiss in eager mode. Random features of the lite2 embedding's width 
 ``--repeats`` runs after a warm-up, each search on this process's threads.
 
     python tools/bench_knn.py --banks 200 1000 2000 12000 50000 --queries 64 1024 4096 8192 \
-        --out docs/results/knn_torch_vs_faiss.json
+        --out docs/results/house/knn_torch_vs_faiss.json
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ r"""PNI's ablation (paper Table 2, and tau) from fitted checkpoints: every varia
 PNI's parts are fitted one after the other from the same seed, and none depends on another: the
 coresets, the position histogram and the MLP do not change when a later part is switched off, and the
 refinement is trained last on the finished coarse map. So a checkpoint of the full model holds every
-variant of the ablation (tested: ``tests/unit/test_pni_model.py``), and this tool scores them all on
+variant of the ablation (tested: ``tests/unit/models/pni/test_model.py``), and this tool scores them all on
 a category's test split without refitting:
 
 - ``neither``: no distribution (every C_dist element allowed: the nearest c*_emb);
@@ -24,7 +24,7 @@ what its refined term contributes there beyond the (1 - ratio) scaling, which al
 split: an ablation reports, it chooses nothing. ``--summary FILES`` prints mean ± std over the seeds.
 
     python experiments/pni/pni_ablation.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt --category tire \
-        --out docs/results/issue13/ablation/tire_s0.json
+        --out docs/results/pni/ablation/tire_s0.json
 """
 
 from __future__ import annotations

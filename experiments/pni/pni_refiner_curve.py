@@ -13,7 +13,7 @@ until the validation loss stops falling helps on real defects. The epoch that ea
 (``--patience``) is read from the validation loss alone; the test columns never choose anything.
 
     python experiments/pni/pni_refiner_curve.py --ckpt results/pni_real/work/pni__tire__256__s0/.../model.ckpt \
-        --category tire --epochs 30 --out docs/results/issue13/refiner_curve/tire_s0.json
+        --category tire --epochs 30 --out docs/results/pni/refiner_curve/tire_s0.json
 """
 
 from __future__ import annotations

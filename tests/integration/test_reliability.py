@@ -3,7 +3,7 @@
 Each test here failed before the fix it guards (issue 10): export/quantize deleting folders they
 did not write, inference that wrote nothing and exited 0, runs that differed with one seed,
 telemetry and hub look-ups, lax checkpoint loading. Data reading (16-bit images, mask names, up-front
-validation) is tested in ``tests/unit/test_data.py``.
+validation) is tested in ``tests/unit/data/test_data.py``.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from anomalib_ext.components.coreset import greedy_coreset_indices
 # faiss searches a single bank when there are at least this many queries and queries x features reach this:
 # there it was 1.3-7x faster than the torch search on the 2-core CPU; below, torch was as fast, and with
 # few queries against a large bank faster (64 x 12,000: 3.0 ms vs 9.5 ms) (tools/bench_knn.py,
-# docs/results/knn_torch_vs_faiss.json).
+# docs/results/house/knn_torch_vs_faiss.json).
 FAISS_MIN_QUERIES = 1024
 FAISS_MIN_WORK = 2**20
 
