@@ -131,7 +131,7 @@ def compare_summaries(before: Path, after: Path) -> int:
     """As :func:`compare`, from two ``summary.json`` (scores exactly, maps by their per-image statistics)."""
     a, b = json.loads(before.read_text()), json.loads(after.read_text())
     worst = 0.0
-    for run in sorted(a):
+    for run in sorted(set(a) & set(b)):  # runs made on both sides (one side may hold more sets)
         assert a[run]["paths"] == b[run]["paths"], f"{run}: other test images"
         diffs = {k: float(np.abs(np.array(a[run][k]) - np.array(b[run][k])).max()) for k in a[run] if k != "paths"}
         worst = max(worst, *diffs.values())
